@@ -1,0 +1,144 @@
+"""The captioner interface and the backend registry.
+
+A backend is one module in this package that defines one `Captioner` subclass decorated with
+`@register_backend("name")`; `bench.backends` imports every module here, so adding a backend is
+adding one file.
+
+Life of a backend in a run: `load()` the model (hub id or local dir), optionally `add_lora()` and
+train through `bench.training` using `train_collate` + `loss`, then caption: a DataLoader whose
+workers run `caption_collate` (image decoding and the processor, in parallel with the model), and
+`generate` on each batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from bench.config import GenerationConfig, LoraConfig, ModelConfig
+from bench.errors import BenchError
+
+Batch = dict[str, Any]
+
+
+@dataclass
+class AttentionTrace:
+    """Where each generated token looked, for `bench attend`.
+
+    `maps[t]` is (heads, layers, grid_h * grid_w) attention of generated token t over the image
+    patches, each row summing to 1 over the patches before any aggregation (renormalised over the
+    image positions for decoders that also attend to text).
+    """
+
+    caption: str
+    tokens: list[str]
+    maps: list[torch.Tensor]
+    grid: tuple[int, int]
+
+
+class Captioner(ABC):
+    name: ClassVar[str]
+    supports_lora: ClassVar[bool] = False
+    # The default model (hub id) used when a setting names none.
+    default_model: ClassVar[str]
+
+    def __init__(self, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> None:
+        self.model_cfg = model_cfg
+        self.device = device
+        self.prompt = prompt
+
+    # --- loading ---------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def load(cls, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> "Captioner":
+        """Load weights from a hub id or local directory (safetensors, no remote code)."""
+
+    @staticmethod
+    @abstractmethod
+    def build_tiny(out_dir: Path, seed: int = 0) -> Path:
+        """Write a tiny random model of this architecture (with a local tokenizer) to out_dir."""
+
+    # --- captioning --------------------------------------------------------------------------
+    @abstractmethod
+    def caption_collate(self) -> Callable[[Sequence[Any]], Batch]:
+        """A picklable function run in DataLoader workers: list of `bench.data.Sample` -> batch.
+
+        The batch keeps `image_ids` (list[str]) next to the tensors.
+        """
+
+    @abstractmethod
+    def generate(self, batch: Batch, gen: GenerationConfig) -> list[str]:
+        """One caption per image in the batch, post-processed to plain text."""
+
+    # --- LoRA training (backends with supports_lora) -------------------------------------------
+    def add_lora(self, lora: LoraConfig) -> None:
+        raise BenchError(f"backend {self.name!r} does not support LoRA training")
+
+    def train_collate(self) -> Callable[[Sequence[Any]], Batch]:
+        """Picklable: list of (Sample, caption) -> batch with labels."""
+        raise BenchError(f"backend {self.name!r} does not support LoRA training")
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        raise BenchError(f"backend {self.name!r} does not support LoRA training")
+
+    def save_adapter(self, out_dir: Path) -> None:
+        raise BenchError(f"backend {self.name!r} does not support LoRA training")
+
+    def load_adapter(self, adapter_dir: Path) -> None:
+        raise BenchError(f"backend {self.name!r} does not support LoRA training")
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        model = self.torch_module()
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return trainable, total
+
+    @abstractmethod
+    def torch_module(self) -> torch.nn.Module:
+        """The nn.Module that training optimises and accelerate wraps."""
+
+    # --- attention maps ------------------------------------------------------------------------
+    def generate_with_attention(self, batch: Batch, gen: GenerationConfig) -> list[AttentionTrace]:
+        raise BenchError(f"backend {self.name!r} cannot produce attention maps")
+
+
+_REGISTRY: dict[str, type[Captioner]] = {}
+
+
+def register_backend(name: str) -> Callable[[type[Captioner]], type[Captioner]]:
+    def deco(cls: type[Captioner]) -> type[Captioner]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise RuntimeError(f"backend {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _import_all() -> None:
+    package = importlib.import_module("bench.backends")
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in ("base",) and not info.name.startswith("_"):
+            importlib.import_module(f"bench.backends.{info.name}")
+
+
+def get_backend(name: str) -> type[Captioner]:
+    _import_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise BenchError(f"unknown backend {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def available_backends() -> list[str]:
+    _import_all()
+    return sorted(_REGISTRY)

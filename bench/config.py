@@ -1,0 +1,87 @@
+"""Typed configuration of an experiment ("setting"). Loading and validation live in bench.settings.
+
+Every field has a default so that `settings/base.toml` only states what differs; every setting
+file extends the base, and unknown keys, wrong types and impossible values are errors naming the
+file and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Quantization = Literal["none", "4bit", "8bit"]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    strategy: Literal["greedy", "beam"] = "greedy"
+    num_beams: int = 1
+    max_new_tokens: int = 30
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # A preset name the backend understands ("attn", "attn_ffn") or explicit module names.
+    targets: str | tuple[str, ...] = "attn_ffn"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    lr: float = 1e-4
+    batch_size: int = 16
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    train_size: int | None = None  # None: the whole train split
+    precision: Precision = "auto"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "flickr8k-1k"  # name of a datasets/*.toml file
+    val_size: int = 500
+    split_seed: int = 0
+    limit: int | None = None  # caption only the first N validation images (after the split)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Per-backend model choice; `model` is a hub id or a local directory."""
+
+    model: str
+    quantization: Quantization = "none"
+    options: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    clip_model: str = "openai/clip-vit-base-patch32"
+    metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider", "clipscore")
+    clip_batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    source: str  # the file it came from, for error messages and the run record
+    backends: tuple[str, ...]
+    models: dict[str, ModelConfig]
+    data: DataConfig = DataConfig()
+    lora: LoraConfig = LoraConfig()
+    train: TrainConfig = TrainConfig()
+    generation: GenerationConfig = GenerationConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    prompt: str | None = None  # name of a prompts/*.toml file (zero-shot backends)
+    seed: int = 0
+    group: str = ""  # e.g. "report", "demo": lets `bench run --group demo` run a family
+    description: str = ""
