@@ -48,10 +48,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "flickr8k-1k"  # name of a datasets/*.toml file
-    val_size: int = 500
-    split_seed: int = 0
-    limit: int | None = None  # caption only the first N validation images (after the split)
+    # Name of a datasets/*.toml file (or a path to one). The split itself (val size, seed or id
+    # list) is declared in that file, never in a setting, so every run of a dataset scores the
+    # same images.
+    dataset: str = "flickr8k-1k"
+    limit: int | None = None  # caption only the first N validation images
 
 
 @dataclass(frozen=True)
