@@ -1,0 +1,248 @@
+"""`clip-flan-t5`: frozen CLIP ViT patch features -> trainable projection -> Flan-T5, LoRA on T5's decoder.
+
+The image is the whole T5 encoder input: CLIP's last hidden state (CLS + every patch token, 197
+tokens for ViT-B/16 at 224 px; no text prompt) goes through LayerNorm + Linear to T5's d_model and
+enters the T5 encoder as `inputs_embeds`. The CLIP tower and all T5 weights are frozen; the
+projection and the LoRA layers on the decoder (presets `attn` = SelfAttention + EncDecAttention
+q,k,v,o; `attn_ffn` = those + DenseReluDense wi/wi_0/wi_1/wo) are trained.
+
+Models: `ModelConfig(model=<T5 id or folder>, options={"vision_model": <CLIP id or folder>})`,
+defaults `google/flan-t5-base` and `openai/clip-vit-base-patch16`. A bundle folder with `t5/` and
+`vision/` subfolders (what `build_tiny` writes) may be given as `model` alone; an explicit
+`vision_model` option still wins.
+
+Adapter folder: peft's `adapter_config.json` + `adapter_model.safetensors` and the projection as
+`projection.safetensors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bench.backends._lora import (
+    _one_line,
+    add_peft,
+    check_adapter_dir,
+    clean_captions,
+    generation_kwargs,
+    labels_from,
+    load_peft_adapter,
+    load_pretrained,
+    open_image,
+    peft_lora_config,
+    resolve_targets,
+    save_peft_adapter,
+    to_device,
+    write_dir_atomically,
+)
+from bench.backends.base import Batch, Captioner, register_backend
+from bench.config import GenerationConfig, LoraConfig, ModelConfig
+from bench.errors import BenchError
+
+DEFAULT_VISION = "openai/clip-vit-base-patch16"
+PROJECTION_FILE = "projection.safetensors"
+KNOWN_OPTIONS = ("vision_model",)
+# Names are dotted suffixes of T5 modules inside `decoder.` (relative to the T5 model).
+DECODER_SCOPE = r"decoder\."
+ATTN_TARGETS = tuple(f"{block}.{p}" for block in ("SelfAttention", "EncDecAttention") for p in "qkvo")
+PRESETS: dict[str, tuple[str, ...]] = {
+    "attn": ATTN_TARGETS,
+    "attn_ffn": ATTN_TARGETS + tuple(f"DenseReluDense.{w}" for w in ("wi", "wi_0", "wi_1", "wo")),
+}
+MAX_LABEL_TOKENS = 128
+PROJECTION_SEED = 0  # the untrained projection is the same on every load
+
+
+class ClipT5(nn.Module):
+    """CLIP vision tower (frozen, always in eval mode) + projection + T5."""
+
+    def __init__(self, vision: nn.Module, t5: nn.Module) -> None:
+        super().__init__()
+        self.vision = vision
+        width, d_model = vision.config.hidden_size, t5.config.d_model
+        self.projection = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, d_model))
+        generator = torch.Generator().manual_seed(PROJECTION_SEED)
+        nn.init.xavier_uniform_(self.projection[1].weight, generator=generator)
+        nn.init.zeros_(self.projection[1].bias)
+        self.t5 = t5
+
+    def train(self, mode: bool = True) -> "ClipT5":
+        super().train(mode)
+        self.vision.eval()  # frozen: no dropout / batch statistics in the tower, ever
+        return self
+
+    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 encoder input embeddings (batch, 1 + patches, d_model) and their attention mask."""
+        with torch.no_grad():
+            features = self.vision(pixel_values=pixel_values).last_hidden_state
+        embeds = self.projection(features)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        return embeds, mask
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        embeds, mask = self.encode_image(pixel_values)
+        return self.t5(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+
+    def generate(self, pixel_values: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        embeds, mask = self.encode_image(pixel_values)
+        return self.t5.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+
+
+@dataclass
+class ClipT5CaptionCollate:
+    """Samples -> CLIP pixel values; runs in DataLoader workers (top-level, so it pickles)."""
+
+    processor: Any
+
+    def __call__(self, samples: Sequence[Any]) -> Batch:
+        images = [open_image(s.path) for s in samples]
+        pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return {"image_ids": [s.image_id for s in samples], "pixel_values": pixel_values}
+
+
+@dataclass
+class ClipT5TrainCollate:
+    """(Sample, caption) pairs -> pixel values + labels (`caption </s>`, padding = -100)."""
+
+    processor: Any
+    tokenizer: Any
+    eos_id: int
+    max_len: int
+
+    def __call__(self, pairs: Sequence[tuple[Any, str]]) -> Batch:
+        batch = ClipT5CaptionCollate(self.processor)([s for s, _ in pairs])
+        batch["labels"] = labels_from(self.tokenizer, [c for _, c in pairs], self.eos_id, self.max_len)
+        return batch
+
+
+def model_sources(model_cfg: ModelConfig, default_t5: str) -> tuple[str, str]:
+    """(T5 id/folder, CLIP id/folder) from the model config, resolving a `t5/` + `vision/` bundle."""
+    unknown = [k for k in model_cfg.options if k not in KNOWN_OPTIONS]
+    if unknown:
+        raise BenchError(f"model options: unknown key {unknown[0]!r} for backend 'clip-flan-t5' (known: {', '.join(KNOWN_OPTIONS)})")
+    vision = model_cfg.options.get("vision_model")
+    if vision is not None and (not isinstance(vision, str) or not vision.strip()):
+        raise BenchError(f"model options: 'vision_model' must be a non-empty string, got {vision!r}")
+    t5 = model_cfg.model or default_t5
+    bundle = Path(t5).expanduser()
+    if (bundle / "t5").is_dir():
+        return str(bundle / "t5"), vision or str(bundle / "vision")
+    return t5, vision or DEFAULT_VISION
+
+
+@register_backend("clip-flan-t5")
+class ClipFlanT5Captioner(Captioner):
+    supports_lora: ClassVar[bool] = True
+    default_model: ClassVar[str] = "google/flan-t5-base"
+
+    def __init__(self, model_cfg: ModelConfig, device: torch.device, model: ClipT5, tokenizer: Any, processor: Any) -> None:
+        super().__init__(model_cfg, device)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.peft_model: Any | None = None
+        self.lora_config: LoraConfig | None = None
+
+    # --- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> "ClipFlanT5Captioner":
+        from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionModel
+        from transformers import GenerationConfig as HFGenerationConfig
+        from transformers import T5ForConditionalGeneration
+
+        if model_cfg.quantization != "none":
+            raise BenchError(f"model quantization {model_cfg.quantization!r}: backend 'clip-flan-t5' loads full precision only")
+        t5_id, vision_id = model_sources(model_cfg, cls.default_model)
+        t5 = load_pretrained(
+            lambda src, **kw: T5ForConditionalGeneration.from_pretrained(src, use_safetensors=True, **kw),
+            t5_id, "clip-flan-t5 T5 model",
+        )
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, t5_id, "clip-flan-t5 T5 tokenizer")
+        vision = load_pretrained(
+            lambda src, **kw: CLIPVisionModel.from_pretrained(src, use_safetensors=True, **kw),
+            vision_id, "clip-flan-t5 vision_model",
+        )
+        processor = load_pretrained(
+            lambda src, **kw: CLIPImageProcessorPil.from_pretrained(src), vision_id, "clip-flan-t5 vision_model image processor"
+        )
+        # Only bench's GenerationConfig decides decoding; hub defaults must not leak in.
+        t5.generation_config = HFGenerationConfig(
+            decoder_start_token_id=t5.config.decoder_start_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        vision.requires_grad_(False)
+        t5.requires_grad_(False)
+        model = ClipT5(vision, t5)  # the projection stays trainable
+        model.to(device).eval()
+        return cls(model_cfg, device, model, tokenizer, processor)
+
+    @staticmethod
+    def build_tiny(out_dir: Path, seed: int = 0) -> Path:
+        """Writes `out_dir/t5` and `out_dir/vision`; returns out_dir (usable as `model` alone)."""
+        from bench.tiny.clip_flan_t5 import build_tiny_clip_flan_t5
+
+        return build_tiny_clip_flan_t5(Path(out_dir), seed)
+
+    # --- captioning ----------------------------------------------------------------------------
+    def caption_collate(self) -> Callable[[Sequence[Any]], Batch]:
+        return ClipT5CaptionCollate(self.processor)
+
+    @torch.inference_mode()
+    def generate(self, batch: Batch, gen: GenerationConfig) -> list[str]:
+        self.model.eval()
+        pixel_values = batch["pixel_values"].to(self.device, dtype=self.model.vision.dtype, non_blocking=True)
+        ids = self.model.generate(pixel_values, **generation_kwargs(gen))
+        return clean_captions(self.tokenizer, ids)
+
+    # --- LoRA training -------------------------------------------------------------------------
+    def train_collate(self) -> Callable[[Sequence[Any]], Batch]:
+        return ClipT5TrainCollate(self.processor, self.tokenizer, self.tokenizer.eos_token_id, MAX_LABEL_TOKENS)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        b = to_device(batch, self.device)
+        return self.model(b["pixel_values"].to(self.model.vision.dtype), b["labels"])
+
+    def add_lora(self, lora: LoraConfig) -> None:
+        if self.peft_model is not None:
+            raise BenchError("lora: this model already has a LoRA adapter")
+        regex = resolve_targets(self.model.t5, lora.targets, scope=DECODER_SCOPE, presets=PRESETS, backend=self.name)
+        # peft wraps the T5 part only: it freezes T5 and leaves the projection trainable.
+        self.peft_model = add_peft(self.model.t5, peft_lora_config(lora, regex))
+        self.lora_config = lora
+
+    def save_adapter(self, out_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        if self.peft_model is None:
+            raise BenchError(f"{out_dir}: no LoRA adapter to save (add_lora first)")
+
+        def write(tmp: Path) -> None:
+            save_peft_adapter(self.peft_model, tmp, self.name)
+            state = {k: v.detach().cpu().contiguous() for k, v in self.model.projection.state_dict().items()}
+            save_file(state, str(tmp / PROJECTION_FILE))
+
+        write_dir_atomically(Path(out_dir), write)
+
+    def load_adapter(self, adapter_dir: Path) -> None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        adapter_dir = Path(adapter_dir)
+        check_adapter_dir(adapter_dir, self.name, extra_files=(PROJECTION_FILE,))
+        try:
+            state = load_file(str(adapter_dir / PROJECTION_FILE), device="cpu")
+            self.model.projection.load_state_dict(state, strict=True)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise BenchError(f"{adapter_dir / PROJECTION_FILE}: does not fit this model's projection ({_one_line(exc)})") from exc
+        self.peft_model = load_peft_adapter(self.model.t5, self.peft_model, adapter_dir)
+        self.model.to(self.device)
+
+    def torch_module(self) -> torch.nn.Module:
+        return self.model

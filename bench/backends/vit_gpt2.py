@@ -1,0 +1,173 @@
+"""`vit-gpt2`: a ViT encoder + GPT-2 decoder captioner (`VisionEncoderDecoderModel`) with LoRA on GPT-2.
+
+Default model `nlpconnect/vit-gpt2-image-captioning`. Like that model, GPT-2 pads with its eos token
+and starts decoding from it. LoRA (peft) adapts only decoder modules: presets `attn` (self- and
+cross-attention projections) and `attn_ffn` (those + the MLP), or an explicit list of module names
+such as `["c_attn", "crossattention.q_attn"]` (a name matches a dotted suffix inside the decoder).
+The ViT encoder is always frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from bench.backends._lora import (
+    add_peft,
+    check_adapter_dir,
+    clean_captions,
+    generation_kwargs,
+    labels_from,
+    load_peft_adapter,
+    load_pretrained,
+    open_image,
+    peft_lora_config,
+    resolve_targets,
+    save_peft_adapter,
+    to_device,
+    write_dir_atomically,
+)
+from bench.backends.base import Batch, Captioner, register_backend
+from bench.config import GenerationConfig, LoraConfig, ModelConfig
+from bench.errors import BenchError
+
+# Names are dotted suffixes of GPT-2 modules inside `decoder.` (never the ViT encoder).
+DECODER_SCOPE = r"decoder\."
+ATTN_TARGETS = ("attn.c_attn", "attn.c_proj", "crossattention.c_attn", "crossattention.q_attn", "crossattention.c_proj")
+PRESETS: dict[str, tuple[str, ...]] = {
+    "attn": ATTN_TARGETS,
+    "attn_ffn": ATTN_TARGETS + ("mlp.c_fc", "mlp.c_proj"),
+}
+MAX_LABEL_TOKENS = 128
+
+
+@dataclass
+class VitGpt2CaptionCollate:
+    """Samples -> pixel values; runs in DataLoader workers (a top-level class, so it pickles)."""
+
+    processor: Any
+
+    def __call__(self, samples: Sequence[Any]) -> Batch:
+        images = [open_image(s.path) for s in samples]
+        pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return {"image_ids": [s.image_id for s in samples], "pixel_values": pixel_values}
+
+
+@dataclass
+class VitGpt2TrainCollate:
+    """(Sample, caption) pairs -> pixel values + labels (`caption eos`, padding = -100)."""
+
+    processor: Any
+    tokenizer: Any
+    eos_id: int
+    max_len: int
+
+    def __call__(self, pairs: Sequence[tuple[Any, str]]) -> Batch:
+        batch = VitGpt2CaptionCollate(self.processor)([s for s, _ in pairs])
+        batch["labels"] = labels_from(self.tokenizer, [c for _, c in pairs], self.eos_id, self.max_len)
+        return batch
+
+
+@register_backend("vit-gpt2")
+class VitGpt2Captioner(Captioner):
+    supports_lora: ClassVar[bool] = True
+    default_model: ClassVar[str] = "nlpconnect/vit-gpt2-image-captioning"
+
+    def __init__(self, model_cfg: ModelConfig, device: torch.device, model: Any, tokenizer: Any, processor: Any) -> None:
+        super().__init__(model_cfg, device)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.peft_model: Any | None = None
+        self.lora_config: LoraConfig | None = None
+
+    # --- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> "VitGpt2Captioner":
+        from transformers import AutoTokenizer, GenerationConfig as HFGenerationConfig
+        from transformers import ViTImageProcessorPil, VisionEncoderDecoderModel
+
+        if model_cfg.quantization != "none":
+            raise BenchError(f"model quantization {model_cfg.quantization!r}: backend 'vit-gpt2' loads full precision only")
+        if model_cfg.options:
+            raise BenchError(f"model options: backend 'vit-gpt2' takes none, got {', '.join(map(repr, model_cfg.options))}")
+        model_id = model_cfg.model or cls.default_model
+        model = load_pretrained(
+            lambda src, **kw: VisionEncoderDecoderModel.from_pretrained(src, use_safetensors=True, **kw),
+            model_id, "vit-gpt2 model",
+        )
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model_id, "vit-gpt2 tokenizer")
+        processor = load_pretrained(
+            lambda src, **kw: ViTImageProcessorPil.from_pretrained(src), model_id, "vit-gpt2 image processor"
+        )
+        # GPT-2 has no pad token: pad with eos and start decoding from it, as nlpconnect's model does.
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        eos = tokenizer.eos_token_id
+        model.config.decoder_start_token_id = model.config.decoder_start_token_id or tokenizer.bos_token_id or eos
+        model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else eos
+        model.config.eos_token_id = eos
+        # A clean generation config: the hub's defaults (e.g. num_beams=4, max_length=16) must not
+        # leak into runs; bench's GenerationConfig is the only source of decoding settings.
+        model.generation_config = HFGenerationConfig(
+            decoder_start_token_id=model.config.decoder_start_token_id,
+            bos_token_id=model.config.decoder_start_token_id,
+            eos_token_id=eos,
+            pad_token_id=model.config.pad_token_id,
+        )
+        model.requires_grad_(False)  # frozen until add_lora; the encoder stays frozen for good
+        model.to(device).eval()
+        return cls(model_cfg, device, model, tokenizer, processor)
+
+    @staticmethod
+    def build_tiny(out_dir: Path, seed: int = 0) -> Path:
+        from bench.tiny.vit_gpt2 import build_tiny_vit_gpt2
+
+        return build_tiny_vit_gpt2(Path(out_dir), seed)
+
+    # --- captioning ----------------------------------------------------------------------------
+    def caption_collate(self) -> Callable[[Sequence[Any]], Batch]:
+        return VitGpt2CaptionCollate(self.processor)
+
+    @torch.inference_mode()
+    def generate(self, batch: Batch, gen: GenerationConfig) -> list[str]:
+        self.model.eval()
+        pixel_values = batch["pixel_values"].to(self.device, dtype=self.model.dtype, non_blocking=True)
+        ids = self.model.generate(pixel_values=pixel_values, **generation_kwargs(gen))
+        return clean_captions(self.tokenizer, ids)
+
+    # --- LoRA training -------------------------------------------------------------------------
+    def _max_label_tokens(self) -> int:
+        return min(MAX_LABEL_TOKENS, int(getattr(self.model.config.decoder, "n_positions", MAX_LABEL_TOKENS)))
+
+    def train_collate(self) -> Callable[[Sequence[Any]], Batch]:
+        return VitGpt2TrainCollate(self.processor, self.tokenizer, self.tokenizer.eos_token_id, self._max_label_tokens())
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        b = to_device(batch, self.device)
+        return self.model(pixel_values=b["pixel_values"].to(self.model.dtype), labels=b["labels"]).loss
+
+    def add_lora(self, lora: LoraConfig) -> None:
+        if self.peft_model is not None:
+            raise BenchError("lora: this model already has a LoRA adapter")
+        regex = resolve_targets(self.model, lora.targets, scope=DECODER_SCOPE, presets=PRESETS, backend=self.name)
+        # GPT-2 uses Conv1D (weights stored transposed): peft needs fan_in_fan_out for it.
+        self.peft_model = add_peft(self.model, peft_lora_config(lora, regex, fan_in_fan_out=True))
+        self.lora_config = lora
+
+    def save_adapter(self, out_dir: Path) -> None:
+        if self.peft_model is None:
+            raise BenchError(f"{out_dir}: no LoRA adapter to save (add_lora first)")
+        write_dir_atomically(Path(out_dir), lambda tmp: save_peft_adapter(self.peft_model, tmp, self.name))
+
+    def load_adapter(self, adapter_dir: Path) -> None:
+        check_adapter_dir(Path(adapter_dir), self.name)
+        self.peft_model = load_peft_adapter(self.model, self.peft_model, Path(adapter_dir))
+        self.model.to(self.device)
+
+    def torch_module(self) -> torch.nn.Module:
+        return self.model
