@@ -1,0 +1,296 @@
+"""CLIPScore and RefCLIPScore (Hessel et al. 2021), as in their reference code (jmhessel/clipscore).
+
+What the reference code does, and this module mirrors:
+- every text, candidate AND reference, is encoded as ``prefix + text`` with
+  ``prefix = 'A photo depicts'`` made to end in one space (`CLIPCapDataset`);
+- texts are cut to CLIP's 77 tokens (``clip.tokenize(..., truncate=True)``: start token, the
+  first 75 text tokens, end token), which is what transformers' truncation produces;
+- features are L2-normalised; CLIP-S = w * max(cos(image, candidate), 0) with w = 2.5;
+- the text side of RefCLIP-S is max over references of cos(candidate, reference), with NO weight;
+  RefCLIP-S = 2 a b / (a + b) of a = CLIP-S and b = that text side.
+The one place we follow the paper (Eq. 2: ``max(max_r cos(c, r), 0)``) over the code, which does
+not clip the text side: b is clipped at 0 (the same as clipping each candidate-reference pair and
+taking the max). For real CLIP models text-text cosines are positive, so the two agree; the
+clipping only matters for a negative b, where the code's harmonic mean is negative or NaN.
+We run float32 everywhere (the paper's GPU runs used float16 for images; its README documents the
+CPU/GPU difference as ~1e-4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.errors import BenchError
+
+CLIP_PREFIX = "A photo depicts"
+CLIP_WEIGHT = 2.5
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+
+
+def prefixed(text: str, prefix: str = CLIP_PREFIX) -> str:
+    """The reference code's `CLIPCapDataset`: prefix made to end with a space, then the text."""
+    if prefix and prefix[-1] != " ":
+        prefix += " "
+    return prefix + text
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.sqrt(np.sum(x**2, axis=1, keepdims=True))
+
+
+def clip_s(image_feats: np.ndarray, cand_feats: np.ndarray, w: float = CLIP_WEIGHT) -> np.ndarray:
+    """Per-image CLIP-S = w * max(cos, 0) of row-aligned, already normalised features."""
+    return w * np.clip(np.sum(image_feats * cand_feats, axis=1), 0, None)
+
+
+def ref_text_side(cand_feats: np.ndarray, ref_feats: Sequence[np.ndarray]) -> np.ndarray:
+    """max over references of the cosine, clipped at 0 (paper Eq. 2); ref_feats[i] is (n_refs_i, d)."""
+    return np.array([max(float(np.max(refs @ cand)), 0.0) for cand, refs in zip(cand_feats, ref_feats)])
+
+
+def harmonic_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """2ab/(a+b), and 0 where a + b == 0 (both clipped to 0), instead of NaN."""
+    total = a + b
+    safe = np.where(total > 0, total, 1.0)
+    return np.where(total > 0, 2 * a * b / safe, 0.0)
+
+
+@dataclass
+class ClipScores:
+    clip_s: np.ndarray  # per image, 0..2.5
+    refclip_s: np.ndarray  # per image
+    n_truncated: int  # texts (candidates and references) longer than CLIP's context
+
+
+ProgressHook = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> cuda when available, else cpu; any torch device string ("cuda:1") is accepted."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as exc:
+        raise BenchError(f"--device must be auto, cpu or cuda, got {device!r}") from exc
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"--device {device}: no CUDA device is available; use --device cpu or auto")
+    return device
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).exists()
+
+
+class ClipScorer:
+    """Loads one CLIP (lazily, once) and scores many caption sets with it."""
+
+    def __init__(self, model: str = DEFAULT_CLIP_MODEL, device: str = "cpu", batch_size: int = 64) -> None:
+        if batch_size < 1:
+            raise BenchError(f"CLIP batch size must be >= 1, got {batch_size}")
+        self.model_name = model
+        self.device_request = device
+        self.batch_size = batch_size
+        self._model: Any = None
+        self._processor: Any = None
+        self._device: str | None = None
+
+    # --- loading --------------------------------------------------------------------------
+    def load(self) -> None:
+        if self._model is not None:
+            return
+        name = self.model_name
+        if _looks_like_path(name):
+            path = Path(name).expanduser()
+            if not path.is_dir():
+                raise BenchError(f"--clip-model {name}: directory not found")
+            try:
+                # A local directory never touches the network.
+                model, processor = _from_pretrained(str(path), local_files_only=True)
+            except Exception as exc:  # transformers raises many types for a foreign folder
+                raise BenchError(f"--clip-model {name}: not a CLIP model directory ({str(exc).splitlines()[0]})") from exc
+        else:
+            model, processor = self._load_hub(name)
+        self._device = resolve_device(self.device_request)
+        self._model = model.to(self._device).eval()
+        self._processor = processor
+
+    @staticmethod
+    def _load_hub(name: str) -> tuple[Any, Any]:
+        """From the local hub cache if there; else download, unless offline or unreachable.
+
+        Without the probe, an unreachable hub costs a minute of retries before failing.
+        """
+        from huggingface_hub import constants
+
+        try:
+            return _from_pretrained(name, local_files_only=True)
+        except (OSError, ValueError):
+            pass
+        failure = BenchError(
+            f"CLIP model {name!r} is not in the local cache and the hub cannot be reached: "
+            "pass --clip-model /path/to/local/copy"
+        )
+        if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
+            raise failure
+        try:
+            return _from_pretrained(name, local_files_only=False)
+        except Exception as exc:  # network and format errors alike: one line, no traceback
+            raise BenchError(
+                f"CLIP model {name!r} cannot be loaded ({str(exc).splitlines()[0]}): "
+                "pass --clip-model /path/to/local/copy"
+            ) from exc
+
+    @property
+    def max_tokens(self) -> int:
+        self.load()
+        return int(self._model.config.text_config.max_position_embeddings)
+
+    # --- encoding -------------------------------------------------------------------------
+    def encode_texts(self, texts: Sequence[str], advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
+        """Normalised float32 features of prefixed texts, and how many were cut to 77 tokens."""
+        import torch
+
+        self.load()
+        tok = self._processor.tokenizer
+        limit = self.max_tokens
+        full = [prefixed(t) for t in texts]
+        feats: list[np.ndarray] = []
+        n_truncated = 0
+        for start in range(0, len(full), self.batch_size):
+            batch = full[start : start + self.batch_size]
+            # One token past the limit tells "was truncated" without tokenizing 10,000 characters.
+            lengths = tok(batch, truncation=True, max_length=limit + 1)["input_ids"]
+            n_truncated += sum(len(ids) > limit for ids in lengths)
+            # Padding to the full 77 as OpenAI's tokenizer does keeps each row's compute identical
+            # whatever the batch, so scores do not depend on the batch size.
+            enc = tok(batch, padding="max_length", truncation=True, max_length=limit, return_tensors="pt")
+            with torch.inference_mode():
+                out = self._model.get_text_features(
+                    input_ids=enc["input_ids"].to(self._device), attention_mask=enc["attention_mask"].to(self._device)
+                )
+            feats.append(_pooled(out).float().cpu().numpy())
+            if advance:
+                advance(len(batch))
+        dim = int(self._model.config.projection_dim)
+        arr = np.vstack(feats) if feats else np.zeros((0, dim), dtype=np.float32)
+        return l2_normalize(arr), n_truncated
+
+    def encode_images(
+        self,
+        paths: Sequence[Path],
+        load_image: Callable[[Path], Any],
+        advance: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Normalised float32 image features; images are decoded in threads (PIL frees the GIL)."""
+        import torch
+
+        self.load()
+        feats: list[np.ndarray] = []
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for start in range(0, len(paths), self.batch_size):
+                images = list(pool.map(load_image, paths[start : start + self.batch_size]))
+                pixels = self._processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+                with torch.inference_mode():
+                    out = self._model.get_image_features(pixel_values=pixels.to(self._device, torch.float32))
+                feats.append(_pooled(out).float().cpu().numpy())
+                if advance:
+                    advance(len(images))
+        dim = int(self._model.config.projection_dim)
+        arr = np.vstack(feats) if feats else np.zeros((0, dim), dtype=np.float32)
+        return l2_normalize(arr)
+
+    # --- scoring --------------------------------------------------------------------------
+    def score(
+        self,
+        candidates: Sequence[str],
+        references: Sequence[Sequence[str]],
+        image_paths: Sequence[Path],
+        load_image: Callable[[Path], Any],
+        progress: ProgressHook | None = None,
+    ) -> ClipScores:
+        """Row-aligned candidates, reference lists and images -> per-image CLIP-S and RefCLIP-S."""
+        if not (len(candidates) == len(references) == len(image_paths)):
+            raise ValueError("candidates, references and images must be aligned")
+        flat_refs = [r for refs in references for r in refs]
+        n_texts = len(candidates) + len(flat_refs)
+        img_adv = progress("CLIP images", len(image_paths)) if progress else None
+        image_feats = self.encode_images(image_paths, load_image, img_adv)
+        txt_adv = progress("CLIP texts", n_texts) if progress else None
+        text_feats, n_truncated = self.encode_texts(list(candidates) + flat_refs, txt_adv)
+        cand_feats = text_feats[: len(candidates)]
+        ref_feats: list[np.ndarray] = []
+        pos = len(candidates)
+        for refs in references:
+            ref_feats.append(text_feats[pos : pos + len(refs)])
+            pos += len(refs)
+        per_clip = clip_s(image_feats, cand_feats)
+        per_ref = harmonic_mean(per_clip, ref_text_side(cand_feats, ref_feats))
+        return ClipScores(clip_s=per_clip, refclip_s=per_ref, n_truncated=int(n_truncated))
+
+    def close(self) -> None:
+        self._model = None
+        self._processor = None
+
+
+def _from_pretrained(name: str, local_files_only: bool) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoProcessor, CLIPModel
+
+    from transformers import AutoConfig
+
+    with _quiet_loading():
+        config = AutoConfig.from_pretrained(name, local_files_only=local_files_only)
+        if config.model_type != "clip":
+            raise ValueError(f"config.json has model_type {config.model_type!r}, not 'clip'")
+        model, info = CLIPModel.from_pretrained(
+            name, dtype=torch.float32, local_files_only=local_files_only, output_loading_info=True
+        )
+        # A partial checkpoint would be filled with random weights: scores silently wrong.
+        missing = list(info.get("missing_keys", [])) + list(info.get("mismatched_keys", []))
+        if missing:
+            raise ValueError(f"{len(missing)} weight tensors missing or mis-shaped, e.g. {missing[0]}")
+        processor = AutoProcessor.from_pretrained(name, local_files_only=local_files_only)
+    return model, processor
+
+
+def _reachable(endpoint: str, timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint opens within timeout_s."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" bar from transformers (our own progress is enough); restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _pooled(out: Any):
+    """transformers 5 returns a ModelOutput whose pooler_output is projected; older ones a tensor."""
+    return out if hasattr(out, "float") else out.pooler_output
