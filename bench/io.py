@@ -137,6 +137,26 @@ def append_records(path: str | Path, records: list[dict[str, Any]]) -> None:
 
 # --- run-folder lock ---------------------------------------------------------------------------
 
+# Lock fds this process holds. A forked child (a DataLoader worker) inherits them, and an flock
+# lasts until every copy is closed: a worker orphaned by a SIGKILLed run would keep the run
+# locked for seconds. Children close their copies right after fork; closing a copy does not
+# release the parent's lock (only LOCK_UN or closing every copy does).
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 @contextmanager
 def exclusive_lock(folder: str | Path, what: str = "run") -> Iterator[None]:
     """Hold an flock on FOLDER/.lock; a second process gets RunLockedError at once.
@@ -162,6 +182,8 @@ def exclusive_lock(folder: str | Path, what: str = "run") -> Iterator[None]:
             ) from exc
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
+        _HELD_LOCK_FDS.add(fd)
         yield
     finally:
+        _HELD_LOCK_FDS.discard(fd)
         os.close(fd)

@@ -1,9 +1,147 @@
-"""`bench run` (placeholder until implemented)."""
+"""`bench run`: train (LoRA backends), caption and score settings, prompts or whole groups.
+
+Every run is planned first (settings, prompt, dataset and backend resolved and validated) so a
+bad input stops the command before any run folder is touched; then the runs execute in order.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
 from bench.errors import BenchError
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
-def run() -> None:
-    raise BenchError("bench run: not implemented yet")
+
+def _check_device(device: str) -> None:
+    if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise BenchError(f"--device {device}: must be one of {', '.join(DEVICES)} (or cuda:N)")
+
+
+def _settings_for(setting: str | None, prompt: str | None, group: str | None) -> list[Any]:
+    from bench.settings import load_setting, prompt_setting, settings_in_group
+
+    chosen = [name for name, value in (("--setting", setting), ("--prompt", prompt), ("--group", group)) if value]
+    if len(chosen) != 1:
+        raise BenchError("bench run: give exactly one of --setting NAME, --prompt NAME or --group NAME")
+    if setting:
+        return [load_setting(setting)]
+    if prompt:
+        return [prompt_setting(prompt)]
+    return settings_in_group(group or "")
+
+
+def _plans(settings: list[Any], backend: str | None, data: str | None, limit: int | None) -> list[Any]:
+    from bench.runs import plan_run
+    from bench.settings import backend_catalog
+
+    if backend is not None and backend not in backend_catalog():
+        raise BenchError(f"--backend {backend}: unknown backend; available: {', '.join(sorted(backend_catalog()))}")
+    splits: dict[Any, Any] = {}
+    plans = []
+    for s in settings:
+        if backend is not None:
+            if backend not in s.backends:
+                if len(settings) == 1:
+                    raise BenchError(f"--backend {backend}: setting {s.name!r} ({s.source}) runs {', '.join(s.backends)}")
+                continue  # in a group, --backend picks the settings that run it
+            backends = [backend]
+        else:
+            backends = list(s.backends)
+        plans.extend(plan_run(s, b, limit=limit, dataset=data, splits=splits) for b in backends)
+    if not plans:
+        raise BenchError(f"--backend {backend}: no setting of this group runs it")
+    return plans
+
+
+def metrics_table(results: dict[str, Any], title: str | None = None) -> Table:
+    """One row per metric (pycocoevalcap 0-1 scale; CLIPScore on the paper's 0-2.5 scale)."""
+    from bench.runs import METRIC_KEYS
+
+    metrics = results.get("metrics", {})
+    timings = results.get("timings", {})
+    table = Table(title=title, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    keys = [k for k in METRIC_KEYS if k in metrics] + sorted(k for k in metrics if k not in METRIC_KEYS)
+    for key in keys:
+        value = metrics[key]
+        table.add_row(key, f"{value:.4f}" if isinstance(value, (int, float)) else escape(str(value)))
+    table.add_section()
+    table.add_row("images", str(results.get("n_images", "")))
+    for key, label in (("train_s", "train s"), ("generate_s", "caption s"), ("score_s", "score s")):
+        if isinstance(timings.get(key), (int, float)):
+            table.add_row(label, f"{timings[key]:.1f}")
+    if timings.get("images_per_s"):
+        table.add_row("images/s", f"{timings['images_per_s']:.2f}")
+    return table
+
+
+def _summary(console: Console, results: list[tuple[Any, Any]]) -> None:
+    from bench.runs import run_label
+
+    table = Table(title="runs", header_style="bold")
+    for col in ("run", "status", "images", "CIDEr", "CLIPScore", "BLEU-4", "folder"):
+        table.add_column(col, justify="right" if col in ("images", "CIDEr", "CLIPScore", "BLEU-4") else "left")
+    for plan, result in results:
+        m = result.results.get("metrics", {})
+        table.add_row(
+            plan.name,
+            "cached" if result.cached else "done",
+            str(result.results.get("n_images", "")),
+            *(f"{m[k]:.4f}" if k in m else "-" for k in ("CIDEr", "CLIPScore", "BLEU-4")),
+            run_label(result.run_dir),
+        )
+    console.print(table)
+
+
+def run(
+    setting: Annotated[
+        str | None, typer.Option("--setting", "-s", help="Setting name (settings/NAME.toml) or path to a .toml.")
+    ] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", help="Zero-shot LLaVA with this prompt (run name prompt-NAME).")
+    ] = None,
+    group: Annotated[str | None, typer.Option("--group", "-g", help="Run every setting of this group, in order.")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", "-b", help="Only this backend of the setting.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Dataset name or .toml path (overrides the setting).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", help="Caption only the first N validation images.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even if a finished run exists.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader workers decoding images.")] = 2,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Train (LoRA backends), caption the validation split and score it; cached when done."""
+    from bench.runs import execute_plan, run_label
+
+    console = Console(highlight=False)
+    _check_device(device)
+    if limit is not None and limit < 1:
+        raise BenchError(f"--limit must be >= 1 (got {limit})")
+    if workers < 0:
+        raise BenchError(f"--workers must be >= 0 (got {workers})")
+    plans = _plans(_settings_for(setting, prompt, group), backend, data, limit)
+    done = []
+    for plan in plans:
+        s = plan.setting
+        console.rule(f"[bold]{escape(plan.name)}[/]")
+        if s.description:
+            console.print(f"[dim]{escape(s.description)}[/]")
+        result = execute_plan(
+            plan, force=force, device=device, progress=progress, num_workers=workers, console=console
+        )
+        if result.cached:
+            console.print(
+                f"[green]cached[/]: finished {escape(str(result.results.get('created_at', '?')))}; "
+                "use --force to recompute"
+            )
+        console.print(metrics_table(result.results))
+        console.print(f"run folder: {escape(run_label(result.run_dir))}")
+        done.append((plan, result))
+    if len(done) > 1:
+        _summary(console, done)

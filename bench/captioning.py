@@ -1,0 +1,177 @@
+"""The captioning loop: caption the samples a predictions file lacks, appending batch by batch.
+
+Resumable and crash-safe: finished batches are appended as checksummed records, so a SIGKILL
+loses at most the batch in flight; on the next call the intact records are kept (a torn last line
+is dropped) and only the missing samples are captioned. Batches are cut on the same grid over the
+full sample list as an uninterrupted run (chunks of `batch_size` in sample order), so a resumed
+run feeds the model the same batches and writes the same file byte for byte.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.config import GenerationConfig
+from bench.data.types import Sample
+from bench.errors import BenchError
+from bench.io import append_records, atomic_write_text, encode_record, read_records
+
+if TYPE_CHECKING:
+    from bench.backends.base import Captioner
+
+
+@dataclass(frozen=True)
+class CaptionStats:
+    n_total: int
+    n_resumed: int  # intact predictions found on disk before this call
+    n_captioned: int  # captioned by this call
+    generate_s: float  # seconds inside captioner.generate (pure model time)
+    wall_s: float  # seconds of the whole loop, image decoding waits included
+    images_per_s: float  # n_captioned / wall_s (0 when nothing was captioned)
+
+
+def pending_batches(image_ids: Sequence[str], done: set[str], batch_size: int) -> list[list[int]]:
+    """Index batches of the samples not yet done, cut on the uninterrupted run's batch grid."""
+    batches = []
+    for start in range(0, len(image_ids), batch_size):
+        todo = [i for i in range(start, min(start + batch_size, len(image_ids))) if image_ids[i] not in done]
+        if todo:
+            batches.append(todo)
+    return batches
+
+
+def existing_predictions(path: Path, samples: Sequence[Sample]) -> dict[str, str]:
+    """Intact records of `path` (truncating a torn last line), checked against the samples."""
+    known = {s.image_id for s in samples}
+    found: dict[str, str] = {}
+    for n, rec in enumerate(read_records(path, repair=True), start=1):
+        image_id, caption = rec.get("image_id"), rec.get("caption")
+        if not isinstance(image_id, str) or not isinstance(caption, str):
+            raise BenchError(f"{path} record {n}: needs string fields 'image_id' and 'caption'")
+        if image_id not in known:
+            raise BenchError(f"{path} record {n}: image_id {image_id!r} is not in this run's split; use --force")
+        if image_id in found:
+            raise BenchError(f"{path} record {n}: image_id {image_id!r} appears twice; use --force")
+        found[image_id] = caption
+    return found
+
+
+class _SafeCollate:
+    """Runs the backend's collate in a worker, turning a BenchError into a value.
+
+    The DataLoader would otherwise re-raise it with the worker's traceback in the message, and a
+    bad image must stay a one-line error.
+    """
+
+    def __init__(self, collate: Callable[[Sequence[Any]], dict[str, Any]]) -> None:
+        self.collate = collate
+
+    def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        try:
+            return self.collate(samples)
+        except BenchError as exc:
+            return {"_bench_error": str(exc)}
+
+
+def _rewrite_in_order(path: Path, samples: Sequence[Sample], captions: dict[str, str]) -> None:
+    """Put records in sample order (only needed if a file was written out of order, e.g. merged)."""
+    text = "".join(encode_record({"image_id": s.image_id, "caption": captions[s.image_id]}) for s in samples)
+    atomic_write_text(path, text)
+
+
+def _progress_bar(enabled: bool, console: Any = None) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("captioning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        console=console,
+        transient=False,
+    )
+
+
+def caption_samples(
+    captioner: "Captioner",
+    samples: Sequence[Sample],
+    gen: GenerationConfig,
+    predictions_path: Path,
+    num_workers: int,
+    progress: bool = True,
+    console: Any = None,
+) -> CaptionStats:
+    """Caption the samples missing from `predictions_path`, in order, appending each batch."""
+    predictions_path = Path(predictions_path)
+    samples = list(samples)
+    ids = [s.image_id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise BenchError(f"{predictions_path}: the split lists an image_id twice")
+    captions = existing_predictions(predictions_path, samples)
+    n_resumed = len(captions)
+    batches = pending_batches(ids, set(captions), gen.batch_size)
+    generate_s = 0.0
+    start = time.perf_counter()
+    n_captioned = 0
+    if batches:
+        loader = _loader(captioner, samples, batches, num_workers)
+        with _progress_bar(progress, console) as bar:
+            task = bar.add_task("captioning", total=len(samples), completed=n_resumed, rate="")
+            for batch in loader:
+                if "_bench_error" in batch:
+                    raise BenchError(batch["_bench_error"])
+                t0 = time.perf_counter()
+                texts = captioner.generate(batch, gen)
+                generate_s += time.perf_counter() - t0
+                batch_ids = list(batch["image_ids"])
+                if len(texts) != len(batch_ids):
+                    raise BenchError(
+                        f"backend {captioner.name!r} returned {len(texts)} captions for {len(batch_ids)} images"
+                    )
+                append_records(predictions_path, [{"image_id": i, "caption": t} for i, t in zip(batch_ids, texts)])
+                captions.update(zip(batch_ids, texts))
+                n_captioned += len(batch_ids)
+                rate = n_captioned / max(time.perf_counter() - start, 1e-9)
+                bar.update(task, advance=len(batch_ids), rate=f"{rate:.1f} img/s")
+    wall_s = time.perf_counter() - start
+    on_disk = [r["image_id"] for r in read_records(predictions_path)]
+    if on_disk != ids:
+        _rewrite_in_order(predictions_path, samples, captions)
+    return CaptionStats(
+        n_total=len(samples),
+        n_resumed=n_resumed,
+        n_captioned=n_captioned,
+        generate_s=generate_s,
+        wall_s=wall_s,
+        images_per_s=n_captioned / wall_s if n_captioned and wall_s > 0 else 0.0,
+    )
+
+
+def _loader(captioner: "Captioner", samples: list[Sample], batches: list[list[int]], num_workers: int) -> Any:
+    """A DataLoader whose workers decode images and run the processor while the model generates."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    on_cuda = getattr(captioner, "device", None) is not None and torch.device(captioner.device).type == "cuda"
+    return DataLoader(
+        samples,  # a list is a map-style dataset: loader[i] -> Sample
+        batch_sampler=batches,
+        collate_fn=_SafeCollate(captioner.caption_collate()),
+        num_workers=max(0, num_workers),
+        persistent_workers=False,
+        pin_memory=on_cuda,
+    )
