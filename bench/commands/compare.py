@@ -1,9 +1,121 @@
-"""`bench compare` (placeholder until implemented)."""
+"""`bench compare`: tables with bootstrap CIs, paired p-values, cost, degeneration and figures.
+
+Output: by default one report per dataset, `reports/<dataset>.md` (figures in
+`reports/<dataset>-figures/`). With `--out FILE` every selected dataset goes into that one file,
+one section per dataset (and per split, when runs of a dataset disagree on it). With several
+datasets and per-dataset reports, `--csv`/`--json` files get a `-<dataset>` suffix.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
 from bench.errors import BenchError
+from bench.paths import project_dir, runs_dir
 
 
-def compare() -> None:
-    raise BenchError("bench compare: not implemented yet")
+def _suffixed(path: Path | None, dataset: str, several: bool) -> Path | None:
+    if path is None or not several:
+        return path
+    return path.with_name(f"{path.stem}-{dataset}{path.suffix}")
+
+
+def _leaderboard_table(s, console: Console) -> RichTable:  # noqa: ANN001 - SectionSummary
+    """The leaderboard with "value [lo, hi]" cells when the terminal is wide enough, else values
+    only (the intervals are always in the report)."""
+    board = s.leaderboard.drop(columns=["Kind"])  # the report has it; the terminal is narrow
+    cells = [[str(v) for v in row] for row in board.itertuples(index=False)]
+    widths = [max([len(str(c))] + [len(r[k]) for r in cells]) for k, c in enumerate(board.columns)]
+    with_ci = sum(widths) + 3 * len(widths) + 1 <= console.width
+    if not with_ci:
+        cells = [[c.split(" [")[0] for c in row] for row in cells]
+    note = "" if with_ci else "; 95% CIs in the report"
+    table = RichTable(title=f"{s.title} (baseline {s.baseline}{note})", title_justify="left")
+    for col in board.columns:
+        table.add_column(str(col), justify="left" if col == "Run" else "right", overflow="fold")
+    for row in cells:
+        table.add_row(*[escape(c) for c in row])
+    return table
+
+
+def _print_result(console: Console, result) -> None:  # noqa: ANN001 - ReportResult, imported lazily
+    for s in result.sections:
+        console.print(_leaderboard_table(s, console))
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    console.print(f"report: {result.markdown}", highlight=False, soft_wrap=True)
+    for extra in (result.csv, result.json):
+        if extra is not None:
+            console.print(f"wrote: {extra}", highlight=False, soft_wrap=True)
+
+
+def compare(
+    data: Annotated[Optional[str], typer.Option("--data", help="Only runs on this dataset.")] = None,
+    runs: Annotated[Optional[str], typer.Option("--runs", help="Only runs whose name (setting/backend) matches this glob.")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Run the p-values compare against (default: the best zero-shot prompt, else the best run).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Markdown report to write (default reports/<dataset>.md).")] = None,
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write one CSV row per run.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write everything as JSON (full caption text).")] = None,
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.", min=1)] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+) -> None:
+    """Compare finished runs: a markdown report with CIs, p-values, cost, degeneration and figures."""
+    from bench.report import build_report
+    from bench.report.load import find_runs
+
+    console = Console()
+    root = runs_dir()
+    if out is not None or data is not None:
+        targets = [(data, out or project_dir() / "reports" / f"{data}.md", baseline)]
+        several = False
+    else:
+        found = find_runs(root, runs_glob=runs)
+        if not found:
+            where = f" matching {runs!r}" if runs else ""
+            raise BenchError(f"{root}: no finished runs{where} (a run is finished when its results.json exists)")
+        if baseline is not None and baseline not in {r.run for r in found}:
+            raise BenchError(f"--baseline: no finished run named {baseline!r}; runs: {', '.join(r.run for r in found)}")
+        datasets = sorted({r.dataset for r in found})
+        several = len(datasets) > 1
+        # Each dataset's report uses --baseline if the run is on that dataset, else its default.
+        targets = [
+            (ds, project_dir() / "reports" / f"{ds}.md",
+             baseline if any(r.run == baseline and r.dataset == ds for r in found) else None)
+            for ds in datasets
+        ]
+
+    err = Console(stderr=True)
+    with Progress(TextColumn("bootstrap {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done)
+
+        results = []
+        for ds, path, base in targets:
+            results.append(
+                build_report(
+                    root,
+                    path,
+                    dataset=ds,
+                    runs_glob=runs,
+                    baseline=base,
+                    csv=_suffixed(csv, ds or "", several),
+                    json_out=_suffixed(json_out, ds or "", several),
+                    n_boot=resamples,
+                    seed=seed,
+                    progress=progress,
+                )
+            )
+    for result in results:
+        _print_result(console, result)

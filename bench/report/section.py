@@ -1,0 +1,184 @@
+"""Group runs into comparable sections and compute everything a section's tables need.
+
+Runs are only compared when they share the dataset, the split fingerprint AND the exact image set
+(a run captioned with `data.limit` scores fewer images): each such group is one section.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bench.report.bootstrap import ALL_METRICS, BootstrapResult, RunInput, bootstrap, rouge_per_image
+from bench.report.diagnostics import Cost, Degeneration, cost, degeneration
+from bench.report.load import RunData
+from bench.report.tokens import RunTokens
+
+HEADLINE = ("CIDEr", "CLIPScore", "RefCLIPScore", "BLEU-4", "METEOR", "ROUGE-L")
+P_METRICS = ("CIDEr", "CLIPScore")
+_RECOMPUTED = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr", "ROUGE-L")
+_MISMATCH_TOL = 1e-6
+
+
+@dataclass
+class RunSummary:
+    data: RunData
+    tokens: tuple[str, ...]  # tokenized captions, in the section's image order
+    values: dict[str, float]  # point values: as recorded (results.json), else recomputed
+    ci: dict[str, tuple[float, float]]
+    p: dict[str, float]  # paired bootstrap p-value vs the section's baseline
+    recomputed: dict[str, float]  # the bootstrap's full-sample values
+    per_image: dict[str, np.ndarray]  # metric -> (N,) in the section's image order
+    degeneration: Degeneration
+    cost: Cost
+
+    @property
+    def name(self) -> str:
+        return self.data.run
+
+
+@dataclass
+class Section:
+    dataset: str
+    fingerprint: str
+    image_ids: tuple[str, ...]  # sorted: the resampling order does not depend on which runs exist
+    refs: tuple[tuple[str, ...], ...]  # raw references, same order
+    runs: list[RunSummary]  # sorted by CIDEr, best first
+    baseline: str
+    notes: list[str] = field(default_factory=list)
+    boot: BootstrapResult | None = None
+
+    @property
+    def n_images(self) -> int:
+        return len(self.image_ids)
+
+    def metrics_present(self, names: Sequence[str] = HEADLINE) -> list[str]:
+        return [m for m in names if any(m in r.values for r in self.runs)]
+
+    def run(self, name: str) -> RunSummary:
+        return next(r for r in self.runs if r.name == name)
+
+
+def group_runs(runs: Sequence[RunData]) -> tuple[list[list[RunData]], dict[str, list[str]]]:
+    """Groups of comparable runs (largest group of a dataset first) and, per dataset, one line
+    per group that differs from the main one."""
+    by_key: dict[tuple[str, str, str], list[RunData]] = {}
+    for r in runs:
+        by_key.setdefault((r.dataset, r.fingerprint, r.images_digest()), []).append(r)
+    groups: list[list[RunData]] = []
+    notes: dict[str, list[str]] = {}
+    for dataset in sorted({k[0] for k in by_key}):
+        keys = sorted((k for k in by_key if k[0] == dataset), key=lambda k: (-len(by_key[k]), k[1], k[2]))
+        main = by_key[keys[0]][0]
+        for key in keys:
+            group = by_key[key]
+            groups.append(group)
+            if key is keys[0]:
+                continue
+            n = len(group)
+            who = f"{n} run{'s' if n > 1 else ''} on {dataset} ({', '.join(r.run for r in group)})"
+            if key[1] != main.fingerprint:
+                notes.setdefault(dataset, []).append(f"{who} use a different split (fingerprint {key[1]} vs {main.fingerprint}) and are shown separately")
+            else:
+                notes.setdefault(dataset, []).append(
+                    f"{who} score a different set of images ({len(group[0].image_ids)} vs {len(main.image_ids)}, "
+                    "e.g. data.limit) and are shown separately"
+                )
+    return groups, notes
+
+
+def _cider_key(r: RunSummary) -> tuple[float, str]:
+    v = r.values.get("CIDEr")
+    return (-(v if v is not None else -math.inf), r.name)
+
+
+def default_baseline(runs: Sequence[RunSummary]) -> str:
+    """The best zero-shot prompt run by CIDEr, else the best run."""
+    zero = [r for r in runs if r.data.kind == "zero-shot"]
+    return sorted(zero or runs, key=_cider_key)[0].name
+
+
+def analyse_section(
+    group: Sequence[RunData],
+    tokens: dict[str, RunTokens],
+    *,
+    baseline: str | None,
+    n_boot: int,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+) -> Section:
+    first = group[0]
+    order = sorted(range(len(first.image_ids)), key=lambda k: first.image_ids[k])
+    image_ids = tuple(first.image_ids[k] for k in order)
+    ref_tokens = [tokens[first.run].refs[k] for k in order]
+
+    inputs: list[RunInput] = []
+    aligned: dict[str, tuple[tuple[str, ...], dict[str, np.ndarray]]] = {}
+    for run in group:
+        pos = {image_id: k for k, image_id in enumerate(run.image_ids)}
+        idx = [pos[i] for i in image_ids]
+        cands = tuple(tokens[run.run].captions[k] for k in idx)
+        per_image: dict[str, np.ndarray] = {}
+        for metric in ("METEOR", "ROUGE-L", "CLIPScore", "RefCLIPScore"):
+            values = [run.per_image.get(i, {}).get(metric) for i in image_ids]
+            if all(v is not None for v in values):
+                per_image[metric] = np.asarray(values, dtype=np.float64)
+        if "ROUGE-L" not in per_image:
+            per_image["ROUGE-L"] = rouge_per_image(ref_tokens, cands)
+        aligned[run.run] = (cands, per_image)
+        inputs.append(RunInput(run.run, cands, per_image))
+
+    boot = bootstrap(ref_tokens, inputs, n_boot=n_boot, seed=seed, progress=progress)
+
+    notes: list[str] = []
+    summaries: list[RunSummary] = []
+    for run in group:
+        cands, per_image = aligned[run.run]
+        recomputed = boot.full[run.run]
+        values = {m: run.metrics[m] for m in ALL_METRICS if m in run.metrics}
+        for m in _RECOMPUTED:
+            if m not in values and m in recomputed:
+                values[m] = recomputed[m]
+        mismatched = [
+            m for m in ("CIDEr", "BLEU-4") if m in run.metrics and abs(run.metrics[m] - recomputed[m]) > _MISMATCH_TOL
+        ]
+        if mismatched:
+            m = mismatched[0]
+            notes.append(
+                f"{run.run}: recorded {m} {run.metrics[m]:.6f} differs from {recomputed[m]:.6f} recomputed from its "
+                "predictions (different tokenization?); its CI is around the recomputed value"
+            )
+        ci = {m: iv for m in ALL_METRICS if (iv := boot.ci(run.run, m)) is not None}
+        per_image["CIDEr"] = boot.cider_per_image[run.run]
+        summaries.append(
+            RunSummary(
+                data=run,
+                tokens=cands,
+                values=values,
+                ci=ci,
+                p={},
+                recomputed=recomputed,
+                per_image=per_image,
+                degeneration=degeneration(cands),
+                cost=cost(run.results),
+            )
+        )
+    summaries.sort(key=_cider_key)
+
+    names = [r.name for r in summaries]
+    if baseline is not None and baseline in names:
+        base = baseline
+    else:
+        base = default_baseline(summaries)
+        if baseline is not None:
+            notes.append(f"baseline {baseline} is not among these runs; using {base} (the default)")
+    for r in summaries:
+        for m in ALL_METRICS:
+            p = boot.p_value(r.name, base, m)
+            if p is not None:
+                r.p[m] = p
+    raw_refs = tuple(first.refs[k] for k in order)
+    return Section(first.dataset, first.fingerprint, image_ids, raw_refs, summaries, base, notes, boot)

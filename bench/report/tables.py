@@ -1,0 +1,201 @@
+"""The comparison tables of one section as pandas DataFrames of safe markdown cells.
+
+Every table is sorted by CIDEr (best first); in each metric column the best value is bold;
+metric cells read "value [lo, hi]" (95% bootstrap CI); p columns are the paired bootstrap
+p-values against the section's baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from bench.report.markdown import cell
+from bench.report.section import HEADLINE, P_METRICS, RunSummary, Section
+
+DASH = "—"
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    frame: pd.DataFrame  # safe markdown strings
+    align: tuple[str, ...]
+    plain: pd.DataFrame  # the same table, unescaped and without bold (for the terminal)
+
+
+def fmt_metric(value: float | None, ci: tuple[float, float] | None, digits: int = 4) -> str:
+    if value is None:
+        return DASH
+    text = f"{value:.{digits}f}"
+    return text if ci is None else f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return DASH
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return DASH
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m {sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def _num(value: float | None, spec: str, suffix: str = "") -> str:
+    return DASH if value is None else f"{value:{spec}}{suffix}"
+
+
+def _bold_best(values: Sequence[float | None], higher: bool) -> list[bool]:
+    present = [v for v in values if v is not None]
+    if len(present) < 2:
+        return [False] * len(values)
+    if min(present) == max(present):
+        return [False] * len(values)  # nothing stands out
+    best = max(present) if higher else min(present)
+    return [v is not None and v == best for v in values]
+
+
+def _bold(text: str) -> str:
+    """Bold the leading number of a cell ("0.4 [0.3, 0.5]" -> "**0.4** [0.3, 0.5]")."""
+    head, sep, tail = text.partition(" [")
+    return f"**{head}**{sep}{tail}" if text != DASH else text
+
+
+@dataclass(frozen=True)
+class _Col:
+    name: str
+    text: Callable[[RunSummary], str]  # unescaped display text
+    value: Callable[[RunSummary], float | None] | None = None  # for "best" bolding
+    higher: bool = True
+    align: str = "r"
+    escape: int | None = None  # max length for free text (None: numeric, not escaped)
+
+
+def _build(title: str, rows: Sequence[RunSummary], cols: Sequence[_Col]) -> Table:
+    md: dict[str, list[str]] = {}
+    pl: dict[str, list[str]] = {}
+    for col in cols:
+        texts = [col.text(r) for r in rows]
+        pl[col.name] = texts
+        safe = [cell(t, col.escape) if col.escape is not None else t for t in texts]
+        if col.value is not None:
+            flags = _bold_best([col.value(r) for r in rows], col.higher)
+            safe = [_bold(t) if f else t for t, f in zip(safe, flags)]
+        md[col.name] = safe
+    return Table(title, pd.DataFrame(md, dtype=object), tuple(c.align for c in cols), pd.DataFrame(pl, dtype=object))
+
+
+def _metric_cols(section: Section) -> list[_Col]:
+    cols = [
+        _Col(m, lambda r, m=m: fmt_metric(r.values.get(m), r.ci.get(m)), lambda r, m=m: r.values.get(m))
+        for m in section.metrics_present(HEADLINE)
+    ]
+    for m in section.metrics_present(P_METRICS):
+        cols.append(_Col(f"p {m}", lambda r, m=m: "baseline" if r.name == section.baseline else fmt_p(r.p.get(m))))
+    return cols
+
+
+def _text(name: str, get: Callable[[RunSummary], object], max_len: int = 48) -> _Col:
+    return _Col(name, lambda r: DASH if get(r) in (None, "") else str(get(r)), align="l", escape=max_len)
+
+
+def _cfg(r: RunSummary, *keys: str) -> object:
+    node: object = r.data.config
+    for k in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(k)
+    if isinstance(node, (list, tuple)):
+        return ",".join(map(str, node))
+    return node
+
+
+def leaderboard(section: Section) -> Table:
+    cols = [
+        _Col("#", lambda r: str(section.runs.index(r) + 1)),
+        _text("Run", lambda r: r.name, 60),
+        _text("Kind", lambda r: r.data.kind, 12),
+        *_metric_cols(section),
+    ]
+    return _build("Leaderboard (all runs)", section.runs, cols)
+
+
+def zero_shot_table(section: Section) -> Table | None:
+    rows = [r for r in section.runs if r.data.kind == "zero-shot"]
+    if not rows:
+        return None
+    cols = [
+        _text("Prompt", lambda r: r.data.prompt or r.data.setting),
+        _text("Backend", lambda r: r.data.backend, 24),
+        _text("Prompt text", lambda r: r.data.prompt_text, 60),
+        *_metric_cols(section),
+    ]
+    return _build("Zero-shot: one row per prompt", rows, cols)
+
+
+def lora_table(section: Section) -> Table | None:
+    rows = [r for r in section.runs if r.data.kind == "lora"]
+    if not rows:
+        return None
+    cols = [
+        _text("Setting", lambda r: r.data.setting),
+        _text("Backend", lambda r: r.data.backend, 24),
+        _text("r", lambda r: _cfg(r, "lora", "r"), 8),
+        _text("alpha", lambda r: _cfg(r, "lora", "alpha"), 8),
+        _text("targets", lambda r: _cfg(r, "lora", "targets"), 24),
+        _text("epochs", lambda r: _cfg(r, "train", "epochs"), 8),
+        _text("lr", lambda r: _cfg(r, "train", "lr"), 10),
+        *_metric_cols(section),
+    ]
+    return _build("LoRA: one row per (setting, backend)", rows, cols)
+
+
+def external_table(section: Section) -> Table | None:
+    rows = [r for r in section.runs if r.data.kind == "external"]
+    if not rows:
+        return None
+    cols = [_text("System", lambda r: r.data.setting, 60), *_metric_cols(section)]
+    return _build("External systems", rows, cols)
+
+
+def cost_table(section: Section) -> Table:
+    cols = [
+        _text("Run", lambda r: r.name, 60),
+        _Col("Trainable params", lambda r: _num(r.cost.trainable, ","), lambda r: r.cost.trainable, higher=False),
+        _Col("Trainable %", lambda r: _num(r.cost.trainable_pct, ".3f", "%"), lambda r: r.cost.trainable_pct, higher=False),
+        _Col("Train time", lambda r: fmt_duration(r.cost.train_s), lambda r: r.cost.train_s, higher=False),
+        _Col("Captioning images/s", lambda r: _num(r.cost.images_per_s, ".2f"), lambda r: r.cost.images_per_s),
+        _Col("Peak RSS MB", lambda r: _num(r.cost.peak_rss_mb, ",.0f"), lambda r: r.cost.peak_rss_mb, higher=False),
+        _Col("Peak CUDA MB", lambda r: _num(r.cost.peak_cuda_mb, ",.0f"), lambda r: r.cost.peak_cuda_mb, higher=False),
+    ]
+    return _build("Cost", section.runs, cols)
+
+
+def degeneration_table(section: Section) -> Table:
+    d = lambda r: r.degeneration  # noqa: E731
+    cols = [
+        _text("Run", lambda r: r.name, 60),
+        _Col("Mean length (words)", lambda r: f"{d(r).mean_length:.2f}"),
+        _Col("Repeated n-gram", lambda r: f"{100 * d(r).repeated_share:.1f}%", lambda r: d(r).repeated_share, higher=False),
+        _Col("distinct-1", lambda r: f"{d(r).distinct_1:.4f}", lambda r: d(r).distinct_1),
+        _Col("distinct-2", lambda r: f"{d(r).distinct_2:.4f}", lambda r: d(r).distinct_2),
+        _Col("Vocabulary", lambda r: f"{d(r).vocab_size:,}", lambda r: float(d(r).vocab_size)),
+        _Col("Empty", lambda r: f"{100 * d(r).empty_share:.1f}%", lambda r: d(r).empty_share, higher=False),
+    ]
+    return _build("Degeneration", section.runs, cols)
+
+
+def section_tables(section: Section) -> list[Table]:
+    """Leaderboard first, then the per-kind tables that have rows, cost and degeneration."""
+    tables = [leaderboard(section), zero_shot_table(section), lora_table(section), external_table(section)]
+    return [t for t in tables if t is not None] + [cost_table(section), degeneration_table(section)]
