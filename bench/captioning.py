@@ -5,6 +5,14 @@ loses at most the batch in flight; on the next call the intact records are kept 
 is dropped) and only the missing samples are captioned. Batches are cut on the same grid over the
 full sample list as an uninterrupted run (chunks of `batch_size` in sample order), so a resumed
 run feeds the model the same batches and writes the same file byte for byte.
+
+Launched on several processes (`bench.distributed`), each rank captions a contiguous block of
+those same batches into its own `predictions.rank<k>.jsonl`, and rank 0 merges the shards once
+at the end into `predictions.jsonl`, in sample order: the bytes a single process writes.
+
+Sorted-by-length batching is deliberately absent: every backend's captioning input has a fixed
+shape (pixel tensors of one size; LLaVA rows share one prompt, hence one length), so there is no
+padding to save, and output lengths are unknown before generating.
 """
 
 from __future__ import annotations
@@ -17,10 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from bench.config import GenerationConfig
 from bench.data.types import Sample
+from bench.distributed import SINGLE, Dist, merge_shards, shard, shard_path
 from bench.errors import BenchError
 from bench.io import append_records, atomic_write_text, encode_record, read_records
 
 if TYPE_CHECKING:
+    import torch
+
     from bench.backends.base import Captioner
 
 
@@ -28,7 +39,7 @@ if TYPE_CHECKING:
 class CaptionStats:
     n_total: int
     n_resumed: int  # intact predictions found on disk before this call
-    n_captioned: int  # captioned by this call
+    n_captioned: int  # captioned by this call (by this process, in a multi-process run)
     generate_s: float  # seconds inside captioner.generate (pure model time)
     wall_s: float  # seconds of the whole loop, image decoding waits included
     images_per_s: float  # n_captioned / wall_s (0 when nothing was captioned)
@@ -77,13 +88,18 @@ class _SafeCollate:
             return {"_bench_error": str(exc)}
 
 
-def _rewrite_in_order(path: Path, samples: Sequence[Sample], captions: dict[str, str]) -> None:
-    """Put records in sample order (only needed if a file was written out of order, e.g. merged)."""
-    text = "".join(encode_record({"image_id": s.image_id, "caption": captions[s.image_id]}) for s in samples)
+def write_in_order(path: Path, samples: Sequence[Sample], captions: dict[str, str]) -> None:
+    """Write the captions of `samples` that `captions` has, in sample order, atomically.
+
+    The records are those an uninterrupted single process appends, so the bytes are the same.
+    """
+    text = "".join(
+        encode_record({"image_id": s.image_id, "caption": captions[s.image_id]}) for s in samples if s.image_id in captions
+    )
     atomic_write_text(path, text)
 
 
-def _progress_bar(enabled: bool, console: Any = None) -> Any:
+def _progress_bar(enabled: bool, console: Any = None, label: str = "captioning") -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -94,7 +110,7 @@ def _progress_bar(enabled: bool, console: Any = None) -> Any:
     )
 
     return Progress(
-        TextColumn("captioning"),
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
@@ -106,6 +122,16 @@ def _progress_bar(enabled: bool, console: Any = None) -> Any:
     )
 
 
+def _autocast(device: Any, dtype: "torch.dtype | None") -> Any:
+    import contextlib
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 def caption_samples(
     captioner: "Captioner",
     samples: Sequence[Sample],
@@ -114,43 +140,63 @@ def caption_samples(
     num_workers: int,
     progress: bool = True,
     console: Any = None,
+    dist: Dist = SINGLE,
+    amp_dtype: "torch.dtype | None" = None,
 ) -> CaptionStats:
-    """Caption the samples missing from `predictions_path`, in order, appending each batch."""
+    """Caption the samples missing from `predictions_path`, in order, appending each batch.
+
+    With `dist` enabled every rank must call this (it holds barriers); rank 0 merges the shards.
+    `amp_dtype` runs generation under autocast (bf16 on GPUs for fp32 models); None: as loaded.
+    """
     predictions_path = Path(predictions_path)
     samples = list(samples)
     ids = [s.image_id for s in samples]
     if len(set(ids)) != len(ids):
         raise BenchError(f"{predictions_path}: the split lists an image_id twice")
-    captions = existing_predictions(predictions_path, samples)
+    # Rank 0 folds the shards of an interrupted multi-process run in first; the others read the
+    # result after the barrier (nobody writes predictions.jsonl itself until the final merge).
+    captions = merge_shards(predictions_path, samples) if dist.is_main else {}
+    dist.barrier()
+    if not dist.is_main:
+        captions = existing_predictions(predictions_path, samples)
     n_resumed = len(captions)
-    batches = pending_batches(ids, set(captions), gen.batch_size)
+    batches = shard(pending_batches(ids, set(captions), gen.batch_size), dist.rank, dist.world_size)
+    out_path = shard_path(predictions_path, dist.rank) if dist.enabled else predictions_path
     generate_s = 0.0
     start = time.perf_counter()
     n_captioned = 0
     if batches:
         loader = _loader(captioner, samples, batches, num_workers)
-        with _progress_bar(progress, console) as bar:
-            task = bar.add_task("captioning", total=len(samples), completed=n_resumed, rate="")
+        label = f"captioning (rank 0 of {dist.world_size})" if dist.enabled else "captioning"
+        total, done = (sum(map(len, batches)), 0) if dist.enabled else (len(samples), n_resumed)
+        with _progress_bar(progress, console, label) as bar:
+            task = bar.add_task("captioning", total=total, completed=done, rate="")
             for batch in loader:
                 if "_bench_error" in batch:
                     raise BenchError(batch["_bench_error"])
                 t0 = time.perf_counter()
-                texts = captioner.generate(batch, gen)
+                with _autocast(captioner.device, amp_dtype):
+                    texts = captioner.generate(batch, gen)
                 generate_s += time.perf_counter() - t0
                 batch_ids = list(batch["image_ids"])
                 if len(texts) != len(batch_ids):
                     raise BenchError(
                         f"backend {captioner.name!r} returned {len(texts)} captions for {len(batch_ids)} images"
                     )
-                append_records(predictions_path, [{"image_id": i, "caption": t} for i, t in zip(batch_ids, texts)])
+                append_records(out_path, [{"image_id": i, "caption": t} for i, t in zip(batch_ids, texts)])
                 captions.update(zip(batch_ids, texts))
                 n_captioned += len(batch_ids)
                 rate = n_captioned / max(time.perf_counter() - start, 1e-9)
                 bar.update(task, advance=len(batch_ids), rate=f"{rate:.1f} img/s")
     wall_s = time.perf_counter() - start
-    on_disk = [r["image_id"] for r in read_records(predictions_path)]
-    if on_disk != ids:
-        _rewrite_in_order(predictions_path, samples, captions)
+    if dist.enabled:
+        dist.barrier()  # every shard is complete on disk
+        if dist.is_main:
+            merge_shards(predictions_path, samples)
+    else:
+        on_disk = [r["image_id"] for r in read_records(predictions_path)]
+        if on_disk != ids:
+            write_in_order(predictions_path, samples, captions)
     return CaptionStats(
         n_total=len(samples),
         n_resumed=n_resumed,

@@ -21,7 +21,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -31,6 +32,7 @@ from typing import Any
 from bench import paths
 from bench.config import Setting
 from bench.data.types import Sample, Split
+from bench.distributed import SHARD_GLOB, SINGLE, Dist, detect
 from bench.errors import BenchError
 from bench.io import atomic_write_json, atomic_write_text, encode_record, exclusive_lock, read_json, read_records
 from bench.settings import is_lora_backend
@@ -42,7 +44,7 @@ METRIC_KEYS: tuple[str, ...] = (
 RUN_FILES: tuple[str, ...] = (
     "results.json", "metrics.json", "predictions.jsonl", "run_state.json", "split.json", "config.json",
 )
-RUN_DIRS: tuple[str, ...] = ("train",)
+RUN_DIRS: tuple[str, ...] = ("train", "attend")  # attend/: figures of this run's model (bench attend)
 VERSIONED_PACKAGES: tuple[str, ...] = (
     "torch", "transformers", "peft", "accelerate", "bitsandbytes", "pycocoevalcap", "safetensors", "tokenizers",
 )
@@ -169,6 +171,40 @@ def resolve_device(name: str) -> Any:
     if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
         raise BenchError(f"--device {name}: must be auto, cpu, cuda or mps")
     return torch.device(name)
+
+
+def cpu_thread_budget(cores: int, workers: int, processes: int = 1) -> int:
+    """Intra-op threads for a model on CPU: the cores left to this process after its DataLoader
+    workers, at least 1.
+
+    PyTorch's default (one thread per core) oversubscribes the cores the workers decode images
+    on; for small models the threads then wait on each other at every op (measured: tiny
+    ViT-GPT2 + LoRA generation 20x slower with 2 threads than with 1 on a busy 2-core machine).
+    """
+    return max(1, cores // max(1, processes) - max(0, workers))
+
+
+@contextmanager
+def cpu_threads(device: Any, workers: int, processes: int = 1) -> Iterator[int | None]:
+    """Run the block with `cpu_thread_budget` intra-op threads on CPU, restoring the count after.
+
+    Left alone when the user chose (OMP_NUM_THREADS set) or the device is not the CPU; the count
+    is only ever lowered.
+    """
+    import os
+
+    import torch
+
+    before = torch.get_num_threads()
+    if getattr(device, "type", None) != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        yield None
+        return
+    budget = cpu_thread_budget(os.cpu_count() or 1, workers, processes)
+    torch.set_num_threads(min(before, budget))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -307,7 +343,9 @@ def _cached_results(plan: RunPlan, force: bool) -> dict[str, Any] | None:
             "re-run with --force to replace them"
         )
     config_path = run_dir / "config.json"
-    has_outputs = (run_dir / "predictions.jsonl").exists() or (run_dir / "train").exists()
+    has_outputs = (
+        (run_dir / "predictions.jsonl").exists() or (run_dir / "train").exists() or any(run_dir.glob(SHARD_GLOB))
+    )
     if config_path.exists() and has_outputs:
         diff = config_diff(read_json(config_path), plan.config)
         if (run_dir / "split.json").exists():
@@ -326,6 +364,8 @@ def clear_run_dir(run_dir: Path) -> None:
     """Remove every output of a run (the lock file stays: it is held by the caller)."""
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
+    for shard in run_dir.glob(SHARD_GLOB):  # captions of an interrupted multi-process run
+        shard.unlink(missing_ok=True)
     for name in RUN_DIRS:
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
@@ -341,8 +381,19 @@ def _say(console: Any, message: str) -> None:
         console.print(message, highlight=False)
 
 
+@contextmanager
+def _blame(source: str) -> Iterator[None]:
+    """Prefix a model/LoRA error with the setting file that chose the model and the targets."""
+    try:
+        yield
+    except BenchError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise BenchError(f"{source}: {exc}", exit_code=exc.exit_code) from exc
+
+
 def _load_captioner(
-    plan: RunPlan, device: Any, console: Any, progress: bool, num_workers: int
+    plan: RunPlan, device: Any, console: Any, progress: bool, num_workers: int, dist: Dist = SINGLE
 ) -> tuple[Any, dict[str, Any] | None]:
     """Load the backend (and train LoRA, resuming); returns (captioner, training figures)."""
     import torch
@@ -353,18 +404,20 @@ def _load_captioner(
     model_cfg = setting.models[plan.backend]
     _say(console, f"loading {plan.backend} model [bold]{escape(model_cfg.model)}[/] on {device}")
     torch.manual_seed(setting.seed)  # LoRA init is random: seed it so a run is reproducible
-    captioner = get_backend(plan.backend).load(model_cfg, device, prompt=plan.prompt)
+    with _blame(setting.source):
+        captioner = get_backend(plan.backend).load(model_cfg, device, prompt=plan.prompt)
     if plan.kind != "lora":
         return captioner, None
     from bench.training import train, training_pairs
 
-    captioner.add_lora(setting.lora)
+    with _blame(setting.source):
+        captioner.add_lora(setting.lora)
     # Every reference of each of the first `train_size` training images.
     pairs = training_pairs(plan.split.train, setting.train.train_size)
     _say(console, f"training LoRA r={setting.lora.r} for {setting.train.epochs} epoch(s) on {len(pairs)} pairs")
     result = train(
         captioner, pairs, setting.train, plan.run_dir / "train", setting.seed, device,
-        progress=progress, num_workers=num_workers,
+        progress=progress, num_workers=num_workers, dist=dist,
     )
     trainable, total = int(result.trainable), int(result.total)
     return captioner, {
@@ -387,26 +440,61 @@ def _free_memory(device: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def _score(
-    plan: RunPlan, predictions: dict[str, str], device: Any, console: Any, progress: bool
-) -> tuple[dict[str, Any], float]:
-    from bench.scoring import Scorer
+class ScorerPool:
+    """The scorers of one command: each CLIP model and METEOR JVM loads once per process.
 
+    `bench run --group` scores many runs with the same scoring config; without the pool every
+    run would load CLIP and start the JVM again. Close it (or use it as a context manager) when
+    the command ends.
+    """
+
+    def __init__(self) -> None:
+        self._scorers: dict[tuple[Any, ...], Any] = {}
+
+    def get(self, metrics: Sequence[str], clip_model: str, device: str, clip_batch_size: int) -> Any:
+        from bench.scoring import Scorer
+
+        key = (tuple(metrics), clip_model, device, clip_batch_size)
+        if key not in self._scorers:
+            self._scorers[key] = Scorer(
+                metrics=metrics, clip_model=clip_model, device=device, clip_batch_size=clip_batch_size
+            )
+        return self._scorers[key]
+
+    def close(self) -> None:
+        scorers, self._scorers = self._scorers, {}
+        for scorer in scorers.values():
+            scorer.close()
+
+    def __enter__(self) -> "ScorerPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _score(
+    plan: RunPlan,
+    predictions: dict[str, str],
+    device: Any,
+    console: Any,
+    progress: bool,
+    scorers: ScorerPool | None = None,
+) -> tuple[dict[str, Any], float]:
     sc = plan.setting.scoring
     _say(console, f"scoring {len(predictions)} captions ({', '.join(sc.metrics)}; CLIP {escape(sc.clip_model)})")
     start = time.perf_counter()
-    scorer = Scorer(
-        metrics=sc.metrics, clip_model=sc.clip_model, device=str(device), clip_batch_size=sc.clip_batch_size
-    )
-    try:
+    with ExitStack() as stack:
+        if scorers is None:  # a pool for this run alone
+            scorers = stack.enter_context(ScorerPool())
+        # CLIPScore on the run's device (cuda:<local rank> in a multi-process run).
+        scorer = scorers.get(sc.metrics, sc.clip_model, str(device), sc.clip_batch_size)
         result = scorer.score(
             predictions,
             {s.image_id: list(s.refs) for s in plan.samples},
             {s.image_id: Path(s.path) for s in plan.samples},
             progress=progress,
         )
-    finally:
-        scorer.close()
     return metrics_json(result), time.perf_counter() - start
 
 
@@ -483,6 +571,51 @@ def _results(
     }
 
 
+def _start_run(plan: RunPlan, force: bool) -> dict[str, Any]:
+    """Ready the run folder (under the lock): config and split written, stale outputs gone.
+
+    Returns the stages already finished (`run_state.json`).
+    """
+    run_dir = plan.run_dir
+    config_path = run_dir / "config.json"
+    if force or not config_path.exists() or config_diff(read_json(config_path), plan.config):
+        clear_run_dir(run_dir)  # a differing config here has no outputs (checked before)
+    atomic_write_json(run_dir / "config.json", plan.config)
+    atomic_write_json(run_dir / "split.json", split_json(plan.split, plan.samples))
+    (run_dir / "results.json").unlink(missing_ok=True)  # a stale one would claim completeness
+    state_path = run_dir / "run_state.json"
+    return read_json(state_path) if state_path.exists() else {}
+
+
+def _missing_captions(plan: RunPlan) -> int:
+    """Images still to caption, after folding in the shards of an interrupted multi-process run."""
+    from bench.distributed import merge_shards
+
+    return len(plan.samples) - len(merge_shards(plan.run_dir / "predictions.jsonl", plan.samples))
+
+
+def _caption_state(previous: Mapping[str, Any], stats: Sequence[Any]) -> dict[str, Any]:
+    """Captioning figures summed over sessions; over the ranks of one session, the slowest rank's
+    seconds (they ran side by side) and every rank's images."""
+    return {
+        "generate_s": float(previous.get("generate_s", 0.0)) + max(s.wall_s for s in stats),
+        "model_s": float(previous.get("model_s", 0.0)) + max(s.generate_s for s in stats),
+        "n_captioned": int(previous.get("n_captioned", 0)) + sum(s.n_captioned for s in stats),
+    }
+
+
+def _generation_autocast(plan: RunPlan, device: Any) -> Any:
+    """bf16 autocast for the fp32 LoRA captioners on GPUs (the dtype training used); None on CPU.
+
+    LLaVA is loaded in bf16/fp16 already (bench.backends.llava.pick_dtype).
+    """
+    if plan.kind != "lora" or getattr(device, "type", "cpu") != "cuda":
+        return None
+    from bench.training import autocast_dtype
+
+    return autocast_dtype(plan.setting.train.precision, device)
+
+
 def execute_plan(
     plan: RunPlan,
     *,
@@ -491,57 +624,75 @@ def execute_plan(
     progress: bool = True,
     num_workers: int = 2,
     console: Any = None,
+    dist: Dist | None = None,
+    scorers: ScorerPool | None = None,
 ) -> RunResult:
+    """Train (LoRA), caption and score one run, or answer from its finished results.
+
+    In a multi-process launch (`dist`, detected from the environment by default) every rank
+    calls this: rank 0 holds the lock, writes the folder and scores; all ranks train (DDP) and
+    caption their shard. One process never imports torch on a cache hit.
+    """
+    dist = detect() if dist is None else dist
+    if not dist.is_main:  # rank 0 speaks for the run
+        console, progress = None, False
     run_dir = plan.run_dir
-    with exclusive_lock(run_dir):
-        cached = _cached_results(plan, force)
+    dev = None
+    if dist.enabled:  # the process group must exist before the first collective
+        dev = dist.device(resolve_device(device))
+        dist.init(dev)
+    with ExitStack() as stack:
+        dist.on_main(lambda: stack.enter_context(exclusive_lock(run_dir)))
+        cached = dist.on_main(lambda: _cached_results(plan, force))
         if cached is not None:
             return RunResult(run_dir=run_dir, results=cached, cached=True)
-        config_path = run_dir / "config.json"
-        if force or not config_path.exists() or config_diff(read_json(config_path), plan.config):
-            clear_run_dir(run_dir)  # a differing config here has no outputs (checked above)
-        atomic_write_json(run_dir / "config.json", plan.config)
-        atomic_write_json(run_dir / "split.json", split_json(plan.split, plan.samples))
-        (run_dir / "results.json").unlink(missing_ok=True)  # a stale one would claim completeness
+        state: dict[str, Any] = dist.on_main(lambda: _start_run(plan, force))
         state_path = run_dir / "run_state.json"
-        state: dict[str, Any] = read_json(state_path) if state_path.exists() else {}
 
         # Heavy imports only from here on: the cache-hit path above stays torch-free.
-        from bench.captioning import caption_samples, existing_predictions
+        from bench.captioning import caption_samples
 
-        dev = resolve_device(device)
-        done = existing_predictions(run_dir / "predictions.jsonl", plan.samples)
-        if len(done) < len(plan.samples) or (plan.kind == "lora" and "train" not in state):
-            captioner, train_info = _load_captioner(plan, dev, console, progress, num_workers)
-            if train_info is not None and "train" not in state:  # a resumed run keeps the first record
-                state["train"] = train_info
-                atomic_write_json(state_path, state)
-            captioner.torch_module().eval()
-            missing = len(plan.samples) - len(done)
-            _say(console, f"captioning {missing} of {len(plan.samples)} images (batch {plan.setting.generation.batch_size})")
-            stats = caption_samples(
-                captioner,
-                plan.samples,
-                plan.setting.generation,
-                run_dir / "predictions.jsonl",
-                num_workers,
-                progress=progress,
-                console=console,
-            )
-            previous = state.get("caption", {})
-            state["caption"] = {
-                "generate_s": float(previous.get("generate_s", 0.0)) + stats.wall_s,
-                "model_s": float(previous.get("model_s", 0.0)) + stats.generate_s,
-                "n_captioned": int(previous.get("n_captioned", 0)) + stats.n_captioned,
-            }
-            atomic_write_json(state_path, state)
-            del captioner
-            _free_memory(dev)
-        predictions = existing_predictions(run_dir / "predictions.jsonl", plan.samples)
-        scored, score_s = _score(plan, predictions, dev, console, progress)
-        atomic_write_json(run_dir / "metrics.json", scored)
-        results = _results(plan, scored, state, score_s, dev)
-        atomic_write_json(run_dir / "results.json", results)  # last: marks the run complete
+        dev = dev if dev is not None else resolve_device(device)
+        missing = dist.on_main(lambda: _missing_captions(plan))
+        # Workers decode images while the model runs: leave them their cores (CPU only).
+        with cpu_threads(dev, num_workers, dist.world_size):
+            if missing or (plan.kind == "lora" and "train" not in state):
+                captioner, train_info = _load_captioner(plan, dev, console, progress, num_workers, dist)
+                if train_info is not None and "train" not in state:  # a resumed run keeps the first record
+                    state["train"] = train_info
+                    dist.on_main(lambda: atomic_write_json(state_path, state))
+                captioner.torch_module().eval()
+                where = f" on {dist.world_size} processes" if dist.enabled else ""
+                _say(console, f"captioning {missing} of {len(plan.samples)} images (batch {plan.setting.generation.batch_size}){where}")
+                stats = caption_samples(
+                    captioner,
+                    plan.samples,
+                    plan.setting.generation,
+                    run_dir / "predictions.jsonl",
+                    num_workers,
+                    progress=progress,
+                    console=console,
+                    dist=dist,
+                    amp_dtype=_generation_autocast(plan, dev),
+                )
+                state["caption"] = _caption_state(state.get("caption", {}), dist.gather(stats))
+                dist.on_main(lambda: atomic_write_json(state_path, state))
+                del captioner
+                _free_memory(dev)
+
+        def finish() -> dict[str, Any]:
+            from bench.captioning import existing_predictions
+
+            predictions = existing_predictions(run_dir / "predictions.jsonl", plan.samples)
+            scored, score_s = _score(plan, predictions, dev, console, progress, scorers)
+            atomic_write_json(run_dir / "metrics.json", scored)
+            results = _results(plan, scored, state, score_s, dev)
+            if dist.enabled:
+                results["processes"] = dist.world_size
+            atomic_write_json(run_dir / "results.json", results)  # last: marks the run complete
+            return results
+
+        results = dist.on_main(finish)
         return RunResult(run_dir=run_dir, results=results, cached=False)
 
 
@@ -556,10 +707,13 @@ def execute_run(
     progress: bool = True,
     num_workers: int = 2,
     console: Any = None,
+    scorers: ScorerPool | None = None,
 ) -> RunResult:
     """Train (LoRA backends), caption and score one (setting, backend); a cache hit if done."""
     plan = plan_run(setting, backend, limit=limit, dataset=dataset)
-    return execute_plan(plan, force=force, device=device, progress=progress, num_workers=num_workers, console=console)
+    return execute_plan(
+        plan, force=force, device=device, progress=progress, num_workers=num_workers, console=console, scorers=scorers
+    )
 
 
 # --- reading the registry ------------------------------------------------------------------------

@@ -267,6 +267,10 @@ def _check_models(raw: Any, label: str, base_dir: Path) -> dict[str, Any]:
             if not checked["model"].strip():
                 raise _fail(label, f"models.{backend}.model is empty")
             checked["model"] = _resolve_path_value(checked["model"], base_dir)
+        # Options may name model folders too (clip-flan-t5's vision_model): expand them alike.
+        for key, value in checked.get("options", {}).items():
+            if isinstance(value, str):
+                checked["options"][key] = _resolve_path_value(value, base_dir)
         out[backend] = checked
     return out
 

@@ -16,6 +16,12 @@ restored, that epoch's loss rows kept, rows of a half-done epoch dropped) and en
 weights as an uninterrupted run; when the final epoch is already there it only loads that adapter
 and returns (cache hit). The saved run configuration must match, else a BenchError says what
 changed. `cfg.train_size` is applied by `training_pairs`, not here: `train` uses every pair given.
+
+Multi-process (`dist` enabled, see `bench.distributed`): DDP through `accelerate.Accelerator`,
+which prepares the model, the optimizer and each epoch's DataLoader. `train.batch_size` stays the
+GLOBAL batch (`split_batches`: each of N processes takes batch_size / N of every batch), so the
+optimizer steps, the schedule and the checkpoints are those of a single process; only rank 0
+writes files, and the adapter is saved from the unwrapped model (the captioner's own peft model).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import torch
 from bench.backends.base import Captioner
 from bench.config import TrainConfig
 from bench.data.types import Sample
+from bench.distributed import SINGLE, Dist
 from bench.errors import BenchError
 from bench.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
@@ -290,6 +297,51 @@ def _progress(enabled: bool):
     )
 
 
+class _LossModule(torch.nn.Module):
+    """`captioner.loss` as a module's forward, so DDP sees the forward and syncs the gradients.
+
+    It owns the captioner's parameters (as `inner`); the loss is looked up on every call so a
+    patched `captioner.loss` is honoured.
+    """
+
+    def __init__(self, captioner: Captioner) -> None:
+        super().__init__()
+        self.inner = captioner.torch_module()
+        self._captioner = [captioner]  # a list: not registered as a submodule twice
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self._captioner[0].loss(batch)
+
+
+@dataclass
+class _Parallel:
+    """The accelerate side of a multi-process run (None of it exists for a single process)."""
+
+    accelerator: Any
+    module: Any  # the DDP-wrapped _LossModule
+
+    def no_sync(self, sync: bool) -> Any:
+        """No gradient all-reduce for micro-batches inside an accumulation group (forward AND backward)."""
+        return contextlib.nullcontext() if sync else self.accelerator.no_sync(self.module)
+
+    def mean(self, value: torch.Tensor) -> float:
+        return float(self.accelerator.reduce(value.detach().clone(), reduction="mean").item())
+
+
+def _parallel(captioner: Captioner, optimizer: Any, cfg: TrainConfig, device: torch.device, dist: Dist) -> tuple[_Parallel, Any]:
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    if cfg.batch_size % dist.world_size:
+        raise BenchError(
+            f"train.batch_size: {cfg.batch_size} does not split evenly over {dist.world_size} processes "
+            "(each process takes an equal share of every batch); use a multiple of the process count"
+        )
+    accelerator = Accelerator(cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True))
+    module, optimizer = accelerator.prepare(_LossModule(captioner), optimizer)
+    return _Parallel(accelerator, module), optimizer
+
+
 # --- the loop ------------------------------------------------------------------------------------
 
 def train(
@@ -301,8 +353,12 @@ def train(
     device: torch.device,
     progress: bool = True,
     num_workers: int | None = None,
+    dist: Dist = SINGLE,
 ) -> TrainResult:
-    """Fine-tune the captioner's LoRA adapter on (sample, caption) pairs; resumable, see module doc."""
+    """Fine-tune the captioner's LoRA adapter on (sample, caption) pairs; resumable, see module doc.
+
+    With `dist` enabled, every rank calls this with the same arguments (DDP, rank 0 writes).
+    """
     out_dir = Path(out_dir)
     adapter_root = out_dir / "adapter"
     _check_config(cfg)
@@ -331,7 +387,8 @@ def train(
         rows, step, train_s_before = saved["rows"], saved["step"], saved["train_s"]
         if start_epoch >= cfg.epochs:
             captioner.load_adapter(epoch_dir)
-            _write_curve(out_dir, rows, plot=not (out_dir / "loss.png").exists())
+            if dist.is_main:
+                _write_curve(out_dir, rows, plot=not (out_dir / "loss.png").exists())
             return TrainResult(
                 start_epoch, step, saved["final_loss"], train_s_before, start_epoch, trainable, total, cached=True
             )
@@ -358,7 +415,11 @@ def train(
         _set_rng_state(_torch_read(epoch_dir / "rng.pt"))
     else:
         _reset_adapters(module)
-    _write_curve(out_dir, rows, plot=False)  # drops rows of a half-done epoch from loss.csv
+    if dist.is_main:
+        _write_curve(out_dir, rows, plot=False)  # drops rows of a half-done epoch from loss.csv
+    parallel: _Parallel | None = None
+    if dist.enabled:
+        parallel, optimizer = _parallel(captioner, optimizer, cfg, device, dist)
 
     # 3. Train the remaining epochs; save everything after each one.
     collate = captioner.train_collate()
@@ -375,6 +436,8 @@ def train(
                 generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
                 num_workers=num_workers, pin_memory=device.type == "cuda",
             )
+            if parallel is not None:
+                loader = parallel.accelerator.prepare(loader)  # each rank: its share of every batch
             module.train()
             epoch_losses: list[float] = []
             group_loss = torch.zeros((), device=device)
@@ -383,14 +446,22 @@ def train(
                 # (the last group of an epoch may be shorter).
                 group_start = (i // cfg.grad_accum) * cfg.grad_accum
                 group_size = min(cfg.grad_accum, batches_per_epoch - group_start)
-                with _autocast(device, amp_dtype):
-                    loss = captioner.loss(batch) / group_size
-                scaler.scale(loss).backward()
+                last_of_group = i + 1 - group_start >= group_size
+                if parallel is None:
+                    with _autocast(device, amp_dtype):
+                        loss = captioner.loss(batch) / group_size
+                    scaler.scale(loss).backward()
+                else:
+                    with parallel.no_sync(last_of_group):
+                        with _autocast(device, amp_dtype):
+                            loss = parallel.module(batch) / group_size
+                        scaler.scale(loss).backward()
                 group_loss += loss.detach().float()
-                if i + 1 - group_start < group_size:
+                if not last_of_group:
                     bar.advance(task)
                     continue
-                value = group_loss.item()  # one host sync per optimizer step
+                # One host sync per optimizer step; across ranks, the mean of their losses.
+                value = group_loss.item() if parallel is None else parallel.mean(group_loss)
                 if not math.isfinite(value):
                     raise BenchError(f"training: loss became {value} at epoch {epoch}, step {step + 1}; lower train.lr")
                 scaler.unscale_(optimizer)
@@ -416,11 +487,13 @@ def train(
             state = {
                 "epochs_done": epoch, "step": step, "final_loss": final_loss, "train_s": train_s,
                 "trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total,
-                "config": fingerprint, "rows": rows,
+                "config": fingerprint, "rows": rows, "processes": dist.world_size,
             }
-            _save_epoch(captioner, adapter_root, epoch, optimizer, scheduler, scaler, state)
-            atomic_write_json(out_dir / "state.json", state)
-            _write_curve(out_dir, rows, plot=True)
+            if dist.is_main:
+                _save_epoch(captioner, adapter_root, epoch, optimizer, scheduler, scaler, state)
+                atomic_write_json(out_dir / "state.json", state)
+                _write_curve(out_dir, rows, plot=True)
+            dist.barrier()  # no rank runs ahead of a checkpoint it may have to resume from
 
     return TrainResult(
         cfg.epochs, step, final_loss, train_s_before + time.perf_counter() - started, start_epoch, trainable, total

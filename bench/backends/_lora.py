@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ T = TypeVar("T")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 BENCH_ADAPTER = "bench_adapter.json"
-# Files torch/pickle would deserialise by running code: never loaded as weights.
+# Pickle files: never loaded as adapters; as base weights only through weights_only (model_loader).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
@@ -37,29 +38,68 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
+def model_loader(model_class: Any) -> Callable[..., Any]:
+    """`model_class.from_pretrained` that reads weights without running code.
+
+    safetensors first; a checkpoint that only ships `pytorch_model.bin` (older hub models) is read
+    with `torch.load(weights_only=True)`, which unpickles plain tensors and containers only and
+    raises `UnpicklingError` on anything that would import or call code.
+    """
+
+    def load(source: str, **kwargs: Any) -> Any:
+        # No background "safetensors conversion" request to the hub for .bin-only repos.
+        os.environ.setdefault("DISABLE_SAFETENSORS_CONVERSION", "1")
+        return model_class.from_pretrained(source, use_safetensors=None, weights_only=True, **kwargs)
+
+    return load
+
+
+def _refused_pickle(folder: Path | None) -> str:
+    name = "its .bin weights"
+    if folder is not None and folder.is_dir():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        name = pickles[0] if pickles else name
+    return (
+        f"{name} is a pickle that would run code to load; refused (bench reads safetensors, or "
+        "plain-tensor pickles with torch.load(weights_only=True)); convert it to safetensors"
+    )
+
+
+def _unreadable(what: str, model_id: str, exc: BaseException) -> BenchError:
+    reason = _refused_pickle(None) if isinstance(exc, pickle.UnpicklingError) else f"unreadable weights ({_one_line(exc)})"
+    return BenchError(f"{what} {model_id!r}: {reason}")
+
+
 def load_pretrained(load: Callable[..., T], model_id: str, what: str) -> T:
     """`load(source, **kw)` (a `from_pretrained`) for a local folder or a hub id, never remote code.
 
     A hub id is first looked up in the local Hugging Face cache, then online; every failure is one
-    BenchError naming the model and how to point bench at a local copy.
+    BenchError naming the model and how to point bench at a local copy. A pickle that needs code
+    to load (refused by weights_only) or a corrupt safetensors file is an error, never executed.
     """
+    from safetensors import SafetensorError
+
     path = Path(os.path.expanduser(model_id))
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     if path.is_dir():
         try:
             return load(str(path), **kwargs)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-            hint = f"; pickle weights ({pickles[0]}) are refused, convert them to safetensors" if pickles else ""
-            raise BenchError(f"{what} {model_id!r}: cannot load from this folder: {_one_line(exc)}{hint}") from exc
+        except pickle.UnpicklingError as exc:
+            raise BenchError(f"{what} {model_id!r}: {_refused_pickle(path)}") from exc
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+            raise BenchError(f"{what} {model_id!r}: cannot load from this folder: {_one_line(exc)}") from exc
     if path.exists() or model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1:
         raise BenchError(f"{what} {model_id!r}: no such model folder (give a folder written by save_pretrained or a hub id)")
     try:
         return load(model_id, local_files_only=True, **kwargs)
+    except (pickle.UnpicklingError, SafetensorError) as exc:  # cached, but unsafe or corrupt
+        raise _unreadable(what, model_id, exc) from exc
     except (OSError, ValueError):
         pass  # not cached: try the hub
     try:
         return load(model_id, **kwargs)
+    except (pickle.UnpicklingError, SafetensorError) as exc:
+        raise _unreadable(what, model_id, exc) from exc
     except (OSError, ValueError) as exc:
         raise BenchError(
             f"{what} {model_id!r} is not a local folder, not in the Hugging Face cache and could not be "

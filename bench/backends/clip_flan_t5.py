@@ -34,6 +34,7 @@ from bench.backends._lora import (
     labels_from,
     load_peft_adapter,
     load_pretrained,
+    model_loader,
     open_image,
     peft_lora_config,
     resolve_targets,
@@ -41,7 +42,7 @@ from bench.backends._lora import (
     to_device,
     write_dir_atomically,
 )
-from bench.backends.base import Batch, Captioner, register_backend
+from bench.backends.base import AttentionTrace, Batch, Captioner, register_backend
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.errors import BenchError
 
@@ -160,12 +161,12 @@ class ClipFlanT5Captioner(Captioner):
             raise BenchError(f"model quantization {model_cfg.quantization!r}: backend 'clip-flan-t5' loads full precision only")
         t5_id, vision_id = model_sources(model_cfg, cls.default_model)
         t5 = load_pretrained(
-            lambda src, **kw: T5ForConditionalGeneration.from_pretrained(src, use_safetensors=True, **kw),
+            model_loader(T5ForConditionalGeneration),
             t5_id, "clip-flan-t5 T5 model",
         )
         tokenizer = load_pretrained(AutoTokenizer.from_pretrained, t5_id, "clip-flan-t5 T5 tokenizer")
         vision = load_pretrained(
-            lambda src, **kw: CLIPVisionModel.from_pretrained(src, use_safetensors=True, **kw),
+            model_loader(CLIPVisionModel),
             vision_id, "clip-flan-t5 vision_model",
         )
         processor = load_pretrained(
@@ -200,6 +201,72 @@ class ClipFlanT5Captioner(Captioner):
         pixel_values = batch["pixel_values"].to(self.device, dtype=self.model.vision.dtype, non_blocking=True)
         ids = self.model.generate(pixel_values, **generation_kwargs(gen))
         return clean_captions(self.tokenizer, ids)
+
+    # --- attention maps ------------------------------------------------------------------------
+    def generate_with_attention(self, batch: Batch, gen: GenerationConfig) -> list[AttentionTrace]:
+        """T5 decoder cross-attention (EncDecAttention) of each caption token over the CLIP patches.
+
+        T5's encoder positions are the projected CLIP tokens one to one (CLS, then the patches in
+        row-major order), so encoder position 1 + k is patch k. CLS is dropped and each row
+        renormalised over the patches. `batch["captions"]` (optional): trace those texts.
+        """
+        from bench.backends._attention import (
+            CapturedTrace, captions_of, choose_tokens, cut_at_eos, eager_attention, one_line, token_strings,
+            trace_forward,
+        )
+
+        self.model.eval()
+        pixel_values = batch["pixel_values"].to(self.device, dtype=self.model.vision.dtype)
+        n = pixel_values.shape[0]
+        captions = captions_of(batch, n)
+        with torch.inference_mode():
+            generated = self.model.generate(pixel_values, **generation_kwargs(gen)).tolist()
+        vision_cfg = self.model.vision.config
+        side = vision_cfg.image_size // vision_cfg.patch_size
+        n_patches = side * side
+        t5 = self.model.t5
+        start = int(t5.config.decoder_start_token_id)
+        stop = {int(self.tokenizer.eos_token_id), int(self.tokenizer.pad_token_id)}
+        special = set(self.tokenizer.all_special_ids)
+        layers = [block.layer[1].EncDecAttention for block in t5.decoder.block]
+
+        def decode(ids: Sequence[int]) -> str:
+            return one_line(self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+        def tokenize(text: str) -> list[int]:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        def forward(row: int, inputs: torch.Tensor) -> None:
+            embeds, mask = self.model.encode_image(pixel_values[row : row + 1])
+            t5(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=inputs)
+
+        traces: list[AttentionTrace] = []
+        for i in range(n):
+            ids, source = choose_tokens(cut_at_eos(generated[i][1:], stop), captions[i], decode, tokenize)
+            maps: list[torch.Tensor] = []
+            mass: list[float] = []
+            if ids:
+                # Row t of the decoder input predicts caption token t: feed start + tokens[:-1].
+                inputs = torch.tensor([[start] + ids[:-1]], device=self.device)
+                with eager_attention(t5):
+                    # T5Attention returns (output, position_bias, weights).
+                    maps, mass = trace_forward(
+                        lambda: forward(i, inputs), layers, -1, slice(None), slice(1, 1 + n_patches), 1 + n_patches
+                    )
+            keep = [k for k, t in enumerate(ids) if t not in special]
+            traces.append(
+                CapturedTrace(
+                    caption=captions[i] if captions[i] is not None else decode(ids),
+                    tokens=token_strings(self.tokenizer, [ids[k] for k in keep]),
+                    maps=[maps[k] for k in keep],
+                    grid=(side, side),
+                    token_ids=[ids[k] for k in keep],
+                    source=source,
+                    image_mass=[mass[k] for k in keep],
+                    positions=f"T5 cross-attention over {n_patches} projected CLIP patches (CLS dropped, renormalised)",
+                )
+            )
+        return traces
 
     # --- LoRA training -------------------------------------------------------------------------
     def train_collate(self) -> Callable[[Sequence[Any]], Batch]:

@@ -322,6 +322,7 @@ class LlavaCaptioner(Captioner):
             "attn_implementation": options["attn_implementation"],
             "trust_remote_code": False,
             "use_safetensors": _prefer_safetensors(os.path.expanduser(model_cfg.model)),
+            "weights_only": True,  # a .bin is unpickled as plain tensors only, never code
         }
         if quant is not None:
             kwargs["quantization_config"] = quant
@@ -396,6 +397,76 @@ class LlavaCaptioner(Captioner):
         # Left padding: every row's new tokens start right after the (common) prompt length.
         texts = self.processor.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
         return [postprocess_caption(t, self.template.sentences) for t in texts]
+
+    def generate_with_attention(self, batch: Batch, gen: GenerationConfig) -> list[Any]:
+        """Attention of each caption token to the image-token positions, in every LLM layer.
+
+        The prompt (with its image tokens) plus the caption tokens go through the model once with
+        eager attention; the query row that predicts caption token t is kept and its weights over
+        the image positions renormalised (the rest of the mass went to the text tokens; its share
+        is reported as `image_mass`). `batch["captions"]` (optional): trace those texts.
+        """
+        from bench.backends._attention import (
+            CapturedTrace, captions_of, choose_tokens, cut_at_eos, eager_attention, square_grid, token_strings,
+            trace_forward,
+        )
+
+        inputs = self._inputs(batch)
+        prompt_len = inputs["input_ids"].shape[1]
+        n = inputs["input_ids"].shape[0]
+        captions = captions_of(batch, n)
+        with torch.inference_mode():
+            generated = self.model.generate(**inputs, generation_config=self._generation_config(gen))[:, prompt_len:].tolist()
+        tok = self.processor.tokenizer
+        stop = {i for i in (tok.eos_token_id, tok.pad_token_id, self.model.generation_config.eos_token_id) if isinstance(i, int)}
+        special = set(tok.all_special_ids)
+        image_token = int(getattr(self.model.config, "image_token_id", None) or self.model.config.image_token_index)
+        drop_cls = getattr(self.model.config, "vision_feature_select_strategy", "default") == "full"
+        layers = [layer.self_attn for layer in self.model.model.language_model.layers]
+
+        def decode(ids: Sequence[int]) -> str:
+            return postprocess_caption(self.processor.decode(list(ids), skip_special_tokens=True), self.template.sentences)
+
+        def tokenize(text: str) -> list[int]:
+            return list(tok(text, add_special_tokens=False)["input_ids"])
+
+        traces: list[Any] = []
+        for i in range(n):
+            ids, source = choose_tokens(cut_at_eos(generated[i], stop), captions[i], decode, tokenize)
+            prompt = inputs["input_ids"][i][inputs["attention_mask"][i].bool()]  # left padding removed
+            image_cols = (prompt == image_token).nonzero().flatten()
+            if drop_cls:  # "full" feature strategy: the first image token is CLIP's CLS
+                image_cols = image_cols[1:]
+            grid = square_grid(len(image_cols), f"llava prompt of image {i}")
+            maps: list[torch.Tensor] = []
+            mass: list[float] = []
+            if ids:
+                # Query row len(prompt) - 1 + t predicts caption token t: feed prompt + tokens[:-1].
+                full = torch.cat([prompt, torch.tensor(ids[:-1], dtype=prompt.dtype, device=prompt.device)])[None]
+                rows = slice(len(prompt) - 1, len(prompt) - 1 + len(ids))
+
+                def forward(full: torch.Tensor = full, row: int = i) -> None:
+                    self.model(
+                        input_ids=full, attention_mask=torch.ones_like(full),
+                        pixel_values=inputs["pixel_values"][row : row + 1], logits_to_keep=1,
+                    )
+
+                with eager_attention(self.model):
+                    maps, mass = trace_forward(forward, layers, 1, rows, image_cols, full.shape[1])
+            keep = [k for k, t in enumerate(ids) if t not in special]
+            traces.append(
+                CapturedTrace(
+                    caption=captions[i] if captions[i] is not None else decode(ids),
+                    tokens=token_strings(tok, [ids[k] for k in keep]),
+                    maps=[maps[k] for k in keep],
+                    grid=grid,
+                    token_ids=[ids[k] for k in keep],
+                    source=source,
+                    image_mass=[mass[k] for k in keep],
+                    positions=f"LLM self-attention to the {len(image_cols)} image tokens (renormalised over them)",
+                )
+            )
+        return traces
 
 
 def _prefer_safetensors(model: str) -> bool | None:

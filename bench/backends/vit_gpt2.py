@@ -24,6 +24,7 @@ from bench.backends._lora import (
     labels_from,
     load_peft_adapter,
     load_pretrained,
+    model_loader,
     open_image,
     peft_lora_config,
     resolve_targets,
@@ -31,7 +32,7 @@ from bench.backends._lora import (
     to_device,
     write_dir_atomically,
 )
-from bench.backends.base import Batch, Captioner, register_backend
+from bench.backends.base import AttentionTrace, Batch, Captioner, register_backend
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.errors import BenchError
 
@@ -97,7 +98,7 @@ class VitGpt2Captioner(Captioner):
             raise BenchError(f"model options: backend 'vit-gpt2' takes none, got {', '.join(map(repr, model_cfg.options))}")
         model_id = model_cfg.model or cls.default_model
         model = load_pretrained(
-            lambda src, **kw: VisionEncoderDecoderModel.from_pretrained(src, use_safetensors=True, **kw),
+            model_loader(VisionEncoderDecoderModel),
             model_id, "vit-gpt2 model",
         )
         tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model_id, "vit-gpt2 tokenizer")
@@ -140,6 +141,65 @@ class VitGpt2Captioner(Captioner):
         ids = self.model.generate(pixel_values=pixel_values, **generation_kwargs(gen))
         return clean_captions(self.tokenizer, ids)
 
+    # --- attention maps ------------------------------------------------------------------------
+    def generate_with_attention(self, batch: Batch, gen: GenerationConfig) -> list[AttentionTrace]:
+        """GPT-2 cross-attention of each caption token over the ViT patches (see `_attention`).
+
+        `batch["captions"]` (optional) are the run's captions: the traces are for those texts.
+        The ViT's CLS position is dropped and each row renormalised over the patches.
+        """
+        from bench.backends._attention import (
+            CapturedTrace, captions_of, choose_tokens, cut_at_eos, eager_attention, one_line, token_strings,
+            trace_forward,
+        )
+
+        self.model.eval()
+        pixel_values = batch["pixel_values"].to(self.device, dtype=self.model.dtype)
+        n = pixel_values.shape[0]
+        captions = captions_of(batch, n)
+        with torch.inference_mode():
+            generated = self.model.generate(pixel_values=pixel_values, **generation_kwargs(gen)).tolist()
+        grid = _patch_grid(self.model.config.encoder)
+        n_patches = grid[0] * grid[1]
+        start = int(self.model.config.decoder_start_token_id)
+        stop = {int(self.tokenizer.eos_token_id), int(self.model.config.pad_token_id)}
+        special = set(self.tokenizer.all_special_ids)
+        layers = [block.crossattention for block in self.model.decoder.transformer.h]
+
+        def decode(ids: Sequence[int]) -> str:
+            return one_line(self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+        def tokenize(text: str) -> list[int]:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        traces: list[AttentionTrace] = []
+        for i in range(n):
+            ids, source = choose_tokens(cut_at_eos(generated[i][1:], stop), captions[i], decode, tokenize)
+            maps: list[torch.Tensor] = []
+            mass: list[float] = []
+            if ids:
+                # Row t of the decoder input predicts caption token t: feed start + tokens[:-1].
+                inputs = torch.tensor([[start] + ids[:-1]], device=self.device)
+                with eager_attention(self.model):
+                    maps, mass = trace_forward(
+                        lambda: self.model(pixel_values=pixel_values[i : i + 1], decoder_input_ids=inputs),
+                        layers, 1, slice(None), slice(1, 1 + n_patches), 1 + n_patches,  # ViT: CLS first
+                    )
+            keep = [k for k, t in enumerate(ids) if t not in special]
+            traces.append(
+                CapturedTrace(
+                    caption=captions[i] if captions[i] is not None else decode(ids),
+                    tokens=token_strings(self.tokenizer, [ids[k] for k in keep]),
+                    maps=[maps[k] for k in keep],
+                    grid=grid,
+                    token_ids=[ids[k] for k in keep],
+                    source=source,
+                    image_mass=[mass[k] for k in keep],
+                    positions=f"GPT-2 cross-attention over {n_patches} ViT patches (CLS dropped, renormalised)",
+                )
+            )
+        return traces
+
     # --- LoRA training -------------------------------------------------------------------------
     def _max_label_tokens(self) -> int:
         return min(MAX_LABEL_TOKENS, int(getattr(self.model.config.decoder, "n_positions", MAX_LABEL_TOKENS)))
@@ -171,3 +231,11 @@ class VitGpt2Captioner(Captioner):
 
     def torch_module(self) -> torch.nn.Module:
         return self.model
+
+
+def _patch_grid(encoder_config: Any) -> tuple[int, int]:
+    """(rows, cols) of ViT patches for the configured input size."""
+    size, patch = encoder_config.image_size, encoder_config.patch_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    return height // ph, width // pw

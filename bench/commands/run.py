@@ -117,9 +117,11 @@ def run(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Train (LoRA backends), caption the validation split and score it; cached when done."""
-    from bench.runs import execute_plan, run_label
+    from bench.distributed import is_main_process
+    from bench.runs import ScorerPool, execute_plan, run_label
 
-    console = Console(highlight=False)
+    # Under `accelerate launch` / torchrun every process runs this; rank 0 alone prints.
+    console = Console(highlight=False, quiet=not is_main_process())
     _check_device(device)
     if limit is not None and limit < 1:
         raise BenchError(f"--limit must be >= 1 (got {limit})")
@@ -127,21 +129,23 @@ def run(
         raise BenchError(f"--workers must be >= 0 (got {workers})")
     plans = _plans(_settings_for(setting, prompt, group), backend, data, limit)
     done = []
-    for plan in plans:
-        s = plan.setting
-        console.rule(f"[bold]{escape(plan.name)}[/]")
-        if s.description:
-            console.print(f"[dim]{escape(s.description)}[/]")
-        result = execute_plan(
-            plan, force=force, device=device, progress=progress, num_workers=workers, console=console
-        )
-        if result.cached:
-            console.print(
-                f"[green]cached[/]: finished {escape(str(result.results.get('created_at', '?')))}; "
-                "use --force to recompute"
+    with ScorerPool() as scorers:  # CLIP and the METEOR JVM load once for all the runs of this command
+        for plan in plans:
+            s = plan.setting
+            console.rule(f"[bold]{escape(plan.name)}[/]")
+            if s.description:
+                console.print(f"[dim]{escape(s.description)}[/]")
+            result = execute_plan(
+                plan, force=force, device=device, progress=progress, num_workers=workers, console=console,
+                scorers=scorers,
             )
-        console.print(metrics_table(result.results))
-        console.print(f"run folder: {escape(run_label(result.run_dir))}")
-        done.append((plan, result))
+            if result.cached:
+                console.print(
+                    f"[green]cached[/]: finished {escape(str(result.results.get('created_at', '?')))}; "
+                    "use --force to recompute"
+                )
+            console.print(metrics_table(result.results))
+            console.print(f"run folder: {escape(run_label(result.run_dir))}")
+            done.append((plan, result))
     if len(done) > 1:
         _summary(console, done)

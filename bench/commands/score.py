@@ -226,6 +226,14 @@ def score(
             highlight=False,
         )
 
+    empty = [i for i, caption in preds_by_id.items() if not caption.strip()]
+    if empty:  # legitimate model output (it scores 0), but worth a line: it may be a broken export
+        err.print(
+            f"note: {predictions}: {len(empty)} of {len(preds_by_id)} predictions are empty "
+            f"({_examples(empty)}); scored as empty captions",
+            highlight=False,
+        )
+
     image_map: dict[str, Path] | None = None
     if "clipscore" in metric_names:
         if images is None:

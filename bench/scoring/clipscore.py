@@ -18,6 +18,7 @@ CPU/GPU difference as ~1e-4).
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -134,6 +135,8 @@ class ClipScorer:
 
         try:
             return _from_pretrained(name, local_files_only=True)
+        except pickle.UnpicklingError as exc:  # cached, but its .bin would run code: refused
+            raise BenchError(f"CLIP model {name!r}: its cached .bin weights are a pickle that would run code; refused") from exc
         except (OSError, ValueError):
             pass
         failure = BenchError(
@@ -252,8 +255,10 @@ def _from_pretrained(name: str, local_files_only: bool) -> tuple[Any, Any]:
         config = AutoConfig.from_pretrained(name, local_files_only=local_files_only)
         if config.model_type != "clip":
             raise ValueError(f"config.json has model_type {config.model_type!r}, not 'clip'")
+        # safetensors, else a .bin read with torch.load(weights_only=True): never code.
         model, info = CLIPModel.from_pretrained(
-            name, dtype=torch.float32, local_files_only=local_files_only, output_loading_info=True
+            name, dtype=torch.float32, local_files_only=local_files_only, output_loading_info=True,
+            use_safetensors=None, weights_only=True,
         )
         # A partial checkpoint would be filled with random weights: scores silently wrong.
         missing = list(info.get("missing_keys", [])) + list(info.get("mismatched_keys", []))

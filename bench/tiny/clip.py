@@ -12,12 +12,14 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 CLIP_MAX_TOKENS = 77
 
 
-def build_tiny_clip_tokenizer(vocab_size: int = 700):  # -> transformers.CLIPTokenizer
+def build_tiny_clip_tokenizer(
+    vocab_size: int = 700, *, corpus: tuple[str, ...] = TINY_CAPTION_CORPUS
+):  # -> transformers.CLIPTokenizer
     """A CLIPTokenizer over a tiny BPE vocab: byte symbols, "</w>" forms, merges, then BOS, EOS."""
     from transformers import CLIPTokenizer
 
     bpe = build_bpe_tokenizer(
-        TINY_CAPTION_CORPUS,
+        corpus,
         vocab_size=vocab_size,
         special_tokens=[BOS, EOS],
         end_of_word_suffix="</w>",
@@ -28,7 +30,15 @@ def build_tiny_clip_tokenizer(vocab_size: int = 700):  # -> transformers.CLIPTok
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_TOKENS)
 
 
-def build_tiny_clip(out_dir: Path, seed: int = 0, image_size: int = 32, patch_size: int = 8) -> Path:
+def build_tiny_clip(
+    out_dir: Path,
+    seed: int = 0,
+    image_size: int = 32,
+    patch_size: int = 8,
+    *,
+    corpus: tuple[str, ...] = TINY_CAPTION_CORPUS,
+    vocab_size: int = 700,
+) -> Path:
     """Write a tiny random `CLIPModel` + `CLIPProcessor` (tokenizer, image processor) to out_dir.
 
     Text length is CLIP's 77 positions and EOS is the highest token id, as in the real
@@ -39,7 +49,7 @@ def build_tiny_clip(out_dir: Path, seed: int = 0, image_size: int = 32, patch_si
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     out_dir = Path(out_dir)
-    tokenizer = build_tiny_clip_tokenizer()
+    tokenizer = build_tiny_clip_tokenizer(vocab_size, corpus=tuple(corpus))
     text_config = {
         "vocab_size": len(tokenizer),
         "hidden_size": 32,

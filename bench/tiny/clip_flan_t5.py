@@ -15,14 +15,23 @@ tokenizer is a Unigram model trained here on a small embedded corpus (Flan-T5's 
 from __future__ import annotations
 
 import json
+import math
 import string
+from collections import Counter
 from pathlib import Path
 
 from bench.tiny.vit_gpt2 import CAPTION_CORPUS
 
 
-def build_t5_tokenizer(out_dir: Path, corpus: tuple[str, ...] = CAPTION_CORPUS, vocab_size: int = 300):
-    """Train and save a T5 tokenizer (Unigram + Metaspace, like Flan-T5's sentencepiece model)."""
+def build_t5_tokenizer(
+    out_dir: Path, corpus: tuple[str, ...] = CAPTION_CORPUS, vocab_size: int = 300, *, whole_words: bool = False
+):
+    """Train and save a T5 tokenizer (Unigram + Metaspace, like Flan-T5's sentencepiece model).
+
+    `whole_words` adds every word of the corpus as one piece (scored by its frequency): the
+    `tokenizers` Unigram trainer keeps only ~250 pieces on a small corpus and splits even its
+    most frequent words into letters, which a tiny decoder then has to spell out.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import T5Tokenizer
 
@@ -38,13 +47,28 @@ def build_t5_tokenizer(out_dir: Path, corpus: tuple[str, ...] = CAPTION_CORPUS, 
     )
     tok.train_from_iterator(corpus, trainer=trainer)
     vocab = [(piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
+    if whole_words:
+        counts = Counter(f"▁{w}" for text in corpus for w in text.split())
+        total = sum(counts.values())
+        known = {piece for piece, _ in vocab}
+        vocab += [(w, math.log(n / total)) for w, n in sorted(counts.items()) if w not in known]
     tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
     tokenizer.save_pretrained(out_dir)
     return tokenizer
 
 
-def build_tiny_clip_flan_t5(out_dir: Path, seed: int = 0) -> Path:
-    """CLIP vision (32 px, patch 8, hidden 32, 2 layers) + T5 (d_model 64, 2+2 layers, gated-gelu)."""
+def build_tiny_clip_flan_t5(
+    out_dir: Path,
+    seed: int = 0,
+    *,
+    corpus: tuple[str, ...] = CAPTION_CORPUS,
+    vocab_size: int = 300,
+    whole_words: bool = False,
+) -> Path:
+    """CLIP vision (32 px, patch 8, hidden 32, 2 layers) + T5 (d_model 64, 2+2 layers, gated-gelu).
+
+    `corpus`/`vocab_size` choose the tokenizer's training text (the demo passes its own captions).
+    """
     import torch
     from transformers import (
         CLIPImageProcessorPil,
@@ -56,7 +80,7 @@ def build_tiny_clip_flan_t5(out_dir: Path, seed: int = 0) -> Path:
 
     out_dir = Path(out_dir)
     t5_dir, vision_dir = out_dir / "t5", out_dir / "vision"
-    tokenizer = build_t5_tokenizer(t5_dir)
+    tokenizer = build_t5_tokenizer(t5_dir, tuple(corpus), vocab_size, whole_words=whole_words)
 
     torch.manual_seed(seed)
     vision = CLIPVisionModel(

@@ -69,7 +69,9 @@ _CORPUS = (
 _VOCAB_SIZE = 384
 
 
-def build_llama_tokenizer(out_dir: Path | None = None):  # -> transformers.LlamaTokenizer
+def build_llama_tokenizer(
+    out_dir: Path | None = None, *, corpus: tuple[str, ...] = _CORPUS, vocab_size: int = _VOCAB_SIZE
+):  # -> transformers.LlamaTokenizer
     """A Llama-style fast tokenizer (BPE + Metaspace, bos added) with `<image>` and `<pad>`."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaTokenizer
@@ -77,14 +79,14 @@ def build_llama_tokenizer(out_dir: Path | None = None):  # -> transformers.Llama
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
     trainer = trainers.BpeTrainer(
-        vocab_size=_VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=["<unk>", "<s>", "</s>"],
         # Every printable ASCII character (newline included) so that no prompt loses characters:
         # there are no byte-fallback tokens in a vocabulary this small.
         initial_alphabet=list(string.printable),
         show_progress=False,
     )
-    bpe.train_from_iterator(_CORPUS, trainer)
+    bpe.train_from_iterator(corpus, trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     tok = LlamaTokenizer(vocab=model["vocab"], merges=merges, add_bos_token=True)
@@ -95,8 +97,14 @@ def build_llama_tokenizer(out_dir: Path | None = None):  # -> transformers.Llama
     return tok
 
 
-def build_tiny_llava(out_dir: Path, seed: int = 0) -> Path:
-    """Write a tiny random LLaVA-1.5 with its processor to out_dir; returns out_dir."""
+def build_tiny_llava(
+    out_dir: Path, seed: int = 0, *, corpus: tuple[str, ...] = _CORPUS, vocab_size: int = _VOCAB_SIZE
+) -> Path:
+    """Write a tiny random LLaVA-1.5 with its processor to out_dir; returns out_dir.
+
+    `corpus`/`vocab_size` choose the tokenizer's training text (the demo passes its prompts and
+    captions; the corpus must hold every prompt word, or prompts split into characters).
+    """
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -108,7 +116,7 @@ def build_tiny_llava(out_dir: Path, seed: int = 0) -> Path:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_llama_tokenizer()
+    tokenizer = build_llama_tokenizer(corpus=tuple(corpus), vocab_size=vocab_size)
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": IMAGE_SIZE},
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},

@@ -59,8 +59,13 @@ def build_gpt2_tokenizer(out_dir: Path, corpus: tuple[str, ...] = CAPTION_CORPUS
     return tokenizer
 
 
-def build_tiny_vit_gpt2(out_dir: Path, seed: int = 0) -> Path:
-    """ViT (32 px, patch 8, hidden 32, 2 layers) + GPT-2 (n_embd 64, 2 layers, cross-attention)."""
+def build_tiny_vit_gpt2(
+    out_dir: Path, seed: int = 0, *, corpus: tuple[str, ...] = CAPTION_CORPUS, vocab_size: int = 400
+) -> Path:
+    """ViT (32 px, patch 8, hidden 32, 2 layers) + GPT-2 (n_embd 64, 2 layers, cross-attention).
+
+    `corpus`/`vocab_size` choose the tokenizer's training text (the demo passes its own captions).
+    """
     import torch
     from transformers import (
         GPT2Config,
@@ -72,7 +77,7 @@ def build_tiny_vit_gpt2(out_dir: Path, seed: int = 0) -> Path:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_gpt2_tokenizer(out_dir)
+    tokenizer = build_gpt2_tokenizer(out_dir, tuple(corpus), vocab_size)
     eos = tokenizer.eos_token_id
 
     encoder = ViTConfig(
