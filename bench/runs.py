@@ -616,6 +616,14 @@ def _generation_autocast(plan: RunPlan, device: Any) -> Any:
     return autocast_dtype(plan.setting.train.precision, device)
 
 
+def _remove_stale_temps(run_dir: Path) -> None:
+    """Drop temp files/folders a killed process left mid-write (we hold the lock: nobody writes)."""
+    for path in run_dir.rglob(".*.tmp"):
+        path.unlink(missing_ok=True)
+    for path in run_dir.rglob(".epoch-*.partial"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def execute_plan(
     plan: RunPlan,
     *,
@@ -643,6 +651,7 @@ def execute_plan(
         dist.init(dev)
     with ExitStack() as stack:
         dist.on_main(lambda: stack.enter_context(exclusive_lock(run_dir)))
+        dist.on_main(lambda: _remove_stale_temps(run_dir))
         cached = dist.on_main(lambda: _cached_results(plan, force))
         if cached is not None:
             return RunResult(run_dir=run_dir, results=cached, cached=True)
