@@ -618,10 +618,12 @@ def _generation_autocast(plan: RunPlan, device: Any) -> Any:
 
 def _remove_stale_temps(run_dir: Path) -> None:
     """Drop temp files/folders a killed process left mid-write (we hold the lock: nobody writes)."""
-    for path in run_dir.rglob(".*.tmp"):
-        path.unlink(missing_ok=True)
-    for path in run_dir.rglob(".epoch-*.partial"):
-        shutil.rmtree(path, ignore_errors=True)
+    stale = sorted({*run_dir.rglob(".*.tmp"), *run_dir.rglob(".epoch-*.partial")}, key=lambda p: len(p.parts))
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def execute_plan(
