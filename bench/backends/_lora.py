@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -354,3 +355,30 @@ def labels_from(tokenizer: Any, captions: Sequence[str], eos_id: int, max_len: i
     for i, row in enumerate(rows):
         labels[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     return labels
+
+
+@dataclass
+class PixelCaptionCollate:
+    """Samples -> pixel values; runs in DataLoader workers (a top-level class, so it pickles)."""
+
+    processor: Any
+
+    def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
+        images = [open_image(s.path) for s in samples]
+        pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return {"image_ids": [s.image_id for s in samples], "pixel_values": pixel_values}
+
+
+@dataclass
+class PixelTrainCollate:
+    """(Sample, caption) pairs -> pixel values + labels (`caption eos`, padding = -100)."""
+
+    processor: Any
+    tokenizer: Any
+    eos_id: int
+    max_len: int
+
+    def __call__(self, pairs: Sequence[tuple[Any, str]]) -> dict[str, Any]:
+        batch = PixelCaptionCollate(self.processor)([s for s, _ in pairs])
+        batch["labels"] = labels_from(self.tokenizer, [c for _, c in pairs], self.eos_id, self.max_len)
+        return batch

@@ -18,7 +18,6 @@ Adapter folder: peft's `adapter_config.json` + `adapter_model.safetensors` and t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,16 +25,16 @@ import torch
 from torch import nn
 
 from bench.backends._lora import (
+    PixelCaptionCollate,
+    PixelTrainCollate,
     _one_line,
     add_peft,
     check_adapter_dir,
     clean_captions,
     generation_kwargs,
-    labels_from,
     load_peft_adapter,
     load_pretrained,
     model_loader,
-    open_image,
     peft_lora_config,
     resolve_targets,
     save_peft_adapter,
@@ -95,31 +94,8 @@ class ClipT5(nn.Module):
         return self.t5.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
 
 
-@dataclass
-class ClipT5CaptionCollate:
-    """Samples -> CLIP pixel values; runs in DataLoader workers (top-level, so it pickles)."""
-
-    processor: Any
-
-    def __call__(self, samples: Sequence[Any]) -> Batch:
-        images = [open_image(s.path) for s in samples]
-        pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"]
-        return {"image_ids": [s.image_id for s in samples], "pixel_values": pixel_values}
 
 
-@dataclass
-class ClipT5TrainCollate:
-    """(Sample, caption) pairs -> pixel values + labels (`caption </s>`, padding = -100)."""
-
-    processor: Any
-    tokenizer: Any
-    eos_id: int
-    max_len: int
-
-    def __call__(self, pairs: Sequence[tuple[Any, str]]) -> Batch:
-        batch = ClipT5CaptionCollate(self.processor)([s for s, _ in pairs])
-        batch["labels"] = labels_from(self.tokenizer, [c for _, c in pairs], self.eos_id, self.max_len)
-        return batch
 
 
 def model_sources(model_cfg: ModelConfig, default_t5: str) -> tuple[str, str]:
@@ -193,7 +169,7 @@ class ClipFlanT5Captioner(Captioner):
 
     # --- captioning ----------------------------------------------------------------------------
     def caption_collate(self) -> Callable[[Sequence[Any]], Batch]:
-        return ClipT5CaptionCollate(self.processor)
+        return PixelCaptionCollate(self.processor)
 
     @torch.inference_mode()
     def generate(self, batch: Batch, gen: GenerationConfig) -> list[str]:
@@ -270,7 +246,7 @@ class ClipFlanT5Captioner(Captioner):
 
     # --- LoRA training -------------------------------------------------------------------------
     def train_collate(self) -> Callable[[Sequence[Any]], Batch]:
-        return ClipT5TrainCollate(self.processor, self.tokenizer, self.tokenizer.eos_token_id, MAX_LABEL_TOKENS)
+        return PixelTrainCollate(self.processor, self.tokenizer, self.tokenizer.eos_token_id, MAX_LABEL_TOKENS)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         b = to_device(batch, self.device)

@@ -10,22 +10,21 @@ The ViT encoder is always frozen.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from bench.backends._lora import (
+    PixelCaptionCollate,
+    PixelTrainCollate,
     add_peft,
     check_adapter_dir,
     clean_captions,
     generation_kwargs,
-    labels_from,
     load_peft_adapter,
     load_pretrained,
     model_loader,
-    open_image,
     peft_lora_config,
     resolve_targets,
     save_peft_adapter,
@@ -46,31 +45,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
 MAX_LABEL_TOKENS = 128
 
 
-@dataclass
-class VitGpt2CaptionCollate:
-    """Samples -> pixel values; runs in DataLoader workers (a top-level class, so it pickles)."""
-
-    processor: Any
-
-    def __call__(self, samples: Sequence[Any]) -> Batch:
-        images = [open_image(s.path) for s in samples]
-        pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"]
-        return {"image_ids": [s.image_id for s in samples], "pixel_values": pixel_values}
 
 
-@dataclass
-class VitGpt2TrainCollate:
-    """(Sample, caption) pairs -> pixel values + labels (`caption eos`, padding = -100)."""
-
-    processor: Any
-    tokenizer: Any
-    eos_id: int
-    max_len: int
-
-    def __call__(self, pairs: Sequence[tuple[Any, str]]) -> Batch:
-        batch = VitGpt2CaptionCollate(self.processor)([s for s, _ in pairs])
-        batch["labels"] = labels_from(self.tokenizer, [c for _, c in pairs], self.eos_id, self.max_len)
-        return batch
 
 
 @register_backend("vit-gpt2")
@@ -132,7 +108,7 @@ class VitGpt2Captioner(Captioner):
 
     # --- captioning ----------------------------------------------------------------------------
     def caption_collate(self) -> Callable[[Sequence[Any]], Batch]:
-        return VitGpt2CaptionCollate(self.processor)
+        return PixelCaptionCollate(self.processor)
 
     @torch.inference_mode()
     def generate(self, batch: Batch, gen: GenerationConfig) -> list[str]:
@@ -205,7 +181,7 @@ class VitGpt2Captioner(Captioner):
         return min(MAX_LABEL_TOKENS, int(getattr(self.model.config.decoder, "n_positions", MAX_LABEL_TOKENS)))
 
     def train_collate(self) -> Callable[[Sequence[Any]], Batch]:
-        return VitGpt2TrainCollate(self.processor, self.tokenizer, self.tokenizer.eos_token_id, self._max_label_tokens())
+        return PixelTrainCollate(self.processor, self.tokenizer, self.tokenizer.eos_token_id, self._max_label_tokens())
 
     def loss(self, batch: Batch) -> torch.Tensor:
         b = to_device(batch, self.device)
