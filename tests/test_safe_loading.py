@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from bench.backends import get_backend
 from bench.config import LoraConfig, ModelConfig

@@ -17,11 +17,12 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from bench.config import GenerationConfig, LoraConfig
+from bench.backends.base import Captioner
+from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.errors import BenchError
 
 T = TypeVar("T")
@@ -382,3 +383,24 @@ class PixelTrainCollate:
         batch = PixelCaptionCollate(self.processor)([s for s, _ in pairs])
         batch["labels"] = labels_from(self.tokenizer, [c for _, c in pairs], self.eos_id, self.max_len)
         return batch
+
+
+class PixelLoraCaptioner(Captioner):
+    """What the two LoRA backends share: an image processor feeding `pixel_values` to a
+    seq2seq-style model, a tokenizer, and a LoRA adapter added by `add_lora`."""
+
+    supports_lora: ClassVar[bool] = True
+
+    def __init__(self, model_cfg: ModelConfig, device: torch.device, model: Any, tokenizer: Any, processor: Any) -> None:
+        super().__init__(model_cfg, device)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.peft_model: Any | None = None
+        self.lora_config: LoraConfig | None = None
+
+    def caption_collate(self) -> PixelCaptionCollate:
+        return PixelCaptionCollate(self.processor)
+
+    def torch_module(self) -> torch.nn.Module:
+        return self.model

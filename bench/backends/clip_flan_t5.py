@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from bench.backends._lora import (
-    PixelCaptionCollate,
+    PixelLoraCaptioner,
     PixelTrainCollate,
     _one_line,
     add_peft,
@@ -41,7 +41,7 @@ from bench.backends._lora import (
     to_device,
     write_dir_atomically,
 )
-from bench.backends.base import AttentionTrace, Batch, Captioner, register_backend
+from bench.backends.base import AttentionTrace, Batch, register_backend
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.errors import BenchError
 
@@ -114,17 +114,9 @@ def model_sources(model_cfg: ModelConfig, default_t5: str) -> tuple[str, str]:
 
 
 @register_backend("clip-flan-t5")
-class ClipFlanT5Captioner(Captioner):
-    supports_lora: ClassVar[bool] = True
+class ClipFlanT5Captioner(PixelLoraCaptioner):
+    supports_lora: ClassVar[bool] = True  # read without importing torch by bench.settings
     default_model: ClassVar[str] = "google/flan-t5-base"
-
-    def __init__(self, model_cfg: ModelConfig, device: torch.device, model: ClipT5, tokenizer: Any, processor: Any) -> None:
-        super().__init__(model_cfg, device)
-        self.model = model
-        self.tokenizer = tokenizer
-        self.processor = processor
-        self.peft_model: Any | None = None
-        self.lora_config: LoraConfig | None = None
 
     # --- loading -------------------------------------------------------------------------------
     @classmethod
@@ -168,9 +160,6 @@ class ClipFlanT5Captioner(Captioner):
         return build_tiny_clip_flan_t5(Path(out_dir), seed)
 
     # --- captioning ----------------------------------------------------------------------------
-    def caption_collate(self) -> Callable[[Sequence[Any]], Batch]:
-        return PixelCaptionCollate(self.processor)
-
     @torch.inference_mode()
     def generate(self, batch: Batch, gen: GenerationConfig) -> list[str]:
         self.model.eval()
@@ -286,6 +275,3 @@ class ClipFlanT5Captioner(Captioner):
             raise BenchError(f"{adapter_dir / PROJECTION_FILE}: does not fit this model's projection ({_one_line(exc)})") from exc
         self.peft_model = load_peft_adapter(self.model.t5, self.peft_model, adapter_dir)
         self.model.to(self.device)
-
-    def torch_module(self) -> torch.nn.Module:
-        return self.model

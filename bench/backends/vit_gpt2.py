@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.backends._lora import (
-    PixelCaptionCollate,
+    PixelLoraCaptioner,
     PixelTrainCollate,
     add_peft,
     check_adapter_dir,
@@ -31,7 +31,7 @@ from bench.backends._lora import (
     to_device,
     write_dir_atomically,
 )
-from bench.backends.base import AttentionTrace, Batch, Captioner, register_backend
+from bench.backends.base import AttentionTrace, Batch, register_backend
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.errors import BenchError
 
@@ -48,19 +48,10 @@ MAX_LABEL_TOKENS = 128
 
 
 
-
 @register_backend("vit-gpt2")
-class VitGpt2Captioner(Captioner):
-    supports_lora: ClassVar[bool] = True
+class VitGpt2Captioner(PixelLoraCaptioner):
+    supports_lora: ClassVar[bool] = True  # read without importing torch by bench.settings
     default_model: ClassVar[str] = "nlpconnect/vit-gpt2-image-captioning"
-
-    def __init__(self, model_cfg: ModelConfig, device: torch.device, model: Any, tokenizer: Any, processor: Any) -> None:
-        super().__init__(model_cfg, device)
-        self.model = model
-        self.tokenizer = tokenizer
-        self.processor = processor
-        self.peft_model: Any | None = None
-        self.lora_config: LoraConfig | None = None
 
     # --- loading -------------------------------------------------------------------------------
     @classmethod
@@ -107,9 +98,6 @@ class VitGpt2Captioner(Captioner):
         return build_tiny_vit_gpt2(Path(out_dir), seed)
 
     # --- captioning ----------------------------------------------------------------------------
-    def caption_collate(self) -> Callable[[Sequence[Any]], Batch]:
-        return PixelCaptionCollate(self.processor)
-
     @torch.inference_mode()
     def generate(self, batch: Batch, gen: GenerationConfig) -> list[str]:
         self.model.eval()
@@ -204,9 +192,6 @@ class VitGpt2Captioner(Captioner):
         check_adapter_dir(Path(adapter_dir), self.name)
         self.peft_model = load_peft_adapter(self.model, self.peft_model, Path(adapter_dir))
         self.model.to(self.device)
-
-    def torch_module(self) -> torch.nn.Module:
-        return self.model
 
 
 def _patch_grid(encoder_config: Any) -> tuple[int, int]:
