@@ -476,10 +476,14 @@ def build_captioner(name: str, folder: Path, source: Sequence[Any], profile: Pro
     start = time.perf_counter()
     losses = PRETRAIN[name](captioner, source, profile, console, progress)
     _save_captioner(name, captioner, tmp)
+    what = f"tiny {name} pretrained with full fine-tuning on {SOURCE_DATASET} ({len(source)} images)"
+    return _finish_model(tmp, folder, {"key": key, "backend": name, "what": what}, losses, start)
+
+
+def _finish_model(tmp: Path, folder: Path, head: dict[str, Any], losses: list[float], start: float) -> dict[str, Any]:
+    """Write the manifest (what was built, how training went) and move the model into place."""
     manifest = {
-        "key": key,
-        "backend": name,
-        "what": f"tiny {name} pretrained with full fine-tuning on {SOURCE_DATASET} ({len(source)} images)",
+        **head,
         "steps": len(losses),
         "first_loss": losses[0],
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
@@ -526,18 +530,8 @@ def build_clip(folder: Path, images: Sequence[Any], profile: Profile, corpus: tu
                       2 * profile.batch_size, "train CLIP (contrastive)", console, progress)
     model.eval()
     model.save_pretrained(str(tmp), safe_serialization=True)
-    manifest = {
-        "key": key,
-        "what": f"tiny CLIP trained contrastively on {len(images)} images of {SOURCE_DATASET} and {TARGET_DATASET} (train splits)",
-        "steps": len(losses),
-        "first_loss": losses[0],
-        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-        "pretrain_s": round(time.perf_counter() - start, 2),
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    atomic_write_json(tmp / MANIFEST, manifest)
-    _install(tmp, folder)
-    return manifest
+    what = f"tiny CLIP trained contrastively on {len(images)} images of {SOURCE_DATASET} and {TARGET_DATASET} (train splits)"
+    return _finish_model(tmp, folder, {"key": key, "what": what}, losses, start)
 
 
 def ensure_models(profile: Profile, source_split: Any, target_split: Any, *, force: bool = False,
