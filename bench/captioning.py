@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from bench.config import GenerationConfig
 from bench.data.types import Sample
-from bench.distributed import SINGLE, Dist, merge_shards, shard, shard_path
+from bench.distributed import SINGLE, Dist, shard
 from bench.errors import BenchError
-from bench.io import append_records, atomic_write_text, encode_record, read_records
+from bench.io import append_records, read_records
+from bench.predictions_file import existing_predictions, merge_shards, shard_path, write_in_order
 
 if TYPE_CHECKING:
     import torch
@@ -55,22 +56,6 @@ def pending_batches(image_ids: Sequence[str], done: set[str], batch_size: int) -
     return batches
 
 
-def existing_predictions(path: Path, samples: Sequence[Sample]) -> dict[str, str]:
-    """Intact records of `path` (truncating a torn last line), checked against the samples."""
-    known = {s.image_id for s in samples}
-    found: dict[str, str] = {}
-    for n, rec in enumerate(read_records(path, repair=True), start=1):
-        image_id, caption = rec.get("image_id"), rec.get("caption")
-        if not isinstance(image_id, str) or not isinstance(caption, str):
-            raise BenchError(f"{path} record {n}: needs string fields 'image_id' and 'caption'")
-        if image_id not in known:
-            raise BenchError(f"{path} record {n}: image_id {image_id!r} is not in this run's split; use --force")
-        if image_id in found:
-            raise BenchError(f"{path} record {n}: image_id {image_id!r} appears twice; use --force")
-        found[image_id] = caption
-    return found
-
-
 class _SafeCollate:
     """Runs the backend's collate in a worker, turning a BenchError into a value.
 
@@ -86,17 +71,6 @@ class _SafeCollate:
             return self.collate(samples)
         except BenchError as exc:
             return {"_bench_error": str(exc)}
-
-
-def write_in_order(path: Path, samples: Sequence[Sample], captions: dict[str, str]) -> None:
-    """Write the captions of `samples` that `captions` has, in sample order, atomically.
-
-    The records are those an uninterrupted single process appends, so the bytes are the same.
-    """
-    text = "".join(
-        encode_record({"image_id": s.image_id, "caption": captions[s.image_id]}) for s in samples if s.image_id in captions
-    )
-    atomic_write_text(path, text)
 
 
 def _progress_bar(enabled: bool, console: Any = None, label: str = "captioning") -> Any:
@@ -153,8 +127,7 @@ def caption_samples(
     ids = [s.image_id for s in samples]
     if len(set(ids)) != len(ids):
         raise BenchError(f"{predictions_path}: the split lists an image_id twice")
-    # Rank 0 folds the shards of an interrupted multi-process run in first; the others read the
-    # result after the barrier (nobody writes predictions.jsonl itself until the final merge).
+    # Rank 0 folds in the shards of an interrupted multi-process run; the others read the result.
     captions = merge_shards(predictions_path, samples) if dist.is_main else {}
     dist.barrier()
     if not dist.is_main:
@@ -162,32 +135,20 @@ def caption_samples(
     n_resumed = len(captions)
     batches = shard(pending_batches(ids, set(captions), gen.batch_size), dist.rank, dist.world_size)
     out_path = shard_path(predictions_path, dist.rank) if dist.enabled else predictions_path
-    generate_s = 0.0
     start = time.perf_counter()
-    n_captioned = 0
+    n_captioned, generate_s = 0, 0.0
     if batches:
         loader = _loader(captioner, samples, batches, num_workers)
         label = f"captioning (rank 0 of {dist.world_size})" if dist.enabled else "captioning"
         total, done = (sum(map(len, batches)), 0) if dist.enabled else (len(samples), n_resumed)
         with _progress_bar(progress, console, label) as bar:
             task = bar.add_task("captioning", total=total, completed=done, rate="")
-            for batch in loader:
-                if "_bench_error" in batch:
-                    raise BenchError(batch["_bench_error"])
-                t0 = time.perf_counter()
-                with _autocast(captioner.device, amp_dtype):
-                    texts = captioner.generate(batch, gen)
-                generate_s += time.perf_counter() - t0
-                batch_ids = list(batch["image_ids"])
-                if len(texts) != len(batch_ids):
-                    raise BenchError(
-                        f"backend {captioner.name!r} returned {len(texts)} captions for {len(batch_ids)} images"
-                    )
-                append_records(out_path, [{"image_id": i, "caption": t} for i, t in zip(batch_ids, texts)])
-                captions.update(zip(batch_ids, texts))
-                n_captioned += len(batch_ids)
-                rate = n_captioned / max(time.perf_counter() - start, 1e-9)
-                bar.update(task, advance=len(batch_ids), rate=f"{rate:.1f} img/s")
+
+            def advance(n: int) -> None:
+                rate = n / max(time.perf_counter() - start, 1e-9)
+                bar.update(task, completed=done + n, rate=f"{rate:.1f} img/s")
+
+            n_captioned, generate_s = _caption_batches(captioner, loader, gen, out_path, captions, amp_dtype, advance)
     wall_s = time.perf_counter() - start
     if dist.enabled:
         dist.barrier()  # every shard is complete on disk
@@ -205,6 +166,29 @@ def caption_samples(
         wall_s=wall_s,
         images_per_s=n_captioned / wall_s if n_captioned and wall_s > 0 else 0.0,
     )
+
+
+def _caption_batches(
+    captioner: "Captioner", loader: Any, gen: GenerationConfig, out_path: Path, captions: dict[str, str],
+    amp_dtype: "torch.dtype | None", advance: Callable[[int], None],
+) -> tuple[int, float]:
+    """Generate and append batch by batch; returns (images captioned, seconds inside generate)."""
+    n_captioned, generate_s = 0, 0.0
+    for batch in loader:
+        if "_bench_error" in batch:
+            raise BenchError(batch["_bench_error"])
+        t0 = time.perf_counter()
+        with _autocast(captioner.device, amp_dtype):
+            texts = captioner.generate(batch, gen)
+        generate_s += time.perf_counter() - t0
+        batch_ids = list(batch["image_ids"])
+        if len(texts) != len(batch_ids):
+            raise BenchError(f"backend {captioner.name!r} returned {len(texts)} captions for {len(batch_ids)} images")
+        append_records(out_path, [{"image_id": i, "caption": t} for i, t in zip(batch_ids, texts)])
+        captions.update(zip(batch_ids, texts))
+        n_captioned += len(batch_ids)
+        advance(n_captioned)
+    return n_captioned, generate_s
 
 
 def _loader(captioner: "Captioner", samples: list[Sample], batches: list[list[int]], num_workers: int) -> Any:

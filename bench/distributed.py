@@ -25,15 +25,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bench.errors import BenchError
+# Re-exported: the shard files belong to the predictions file, which is below this module.
+from bench.predictions_file import SHARD_GLOB, merge_in_order, merge_shards, shard_files, shard_path  # noqa: F401
 
 if TYPE_CHECKING:
     import torch
 
-    from bench.data.types import Sample
 
 T = TypeVar("T")
 
@@ -43,7 +43,6 @@ _ENV_KEYS: tuple[tuple[str, str, str], ...] = (
     ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"),
     ("PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID"),
 )
-SHARD_GLOB = "predictions.rank*.jsonl"
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:
@@ -186,62 +185,3 @@ def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
     base, extra = divmod(len(items), world_size)
     start = rank * base + min(rank, extra)
     return list(items[start : start + base + (1 if rank < extra else 0)])
-
-
-def shard_path(predictions_path: Path, rank: int) -> Path:
-    """`predictions.jsonl` -> `predictions.rank<k>.jsonl` beside it."""
-    predictions_path = Path(predictions_path)
-    return predictions_path.with_name(f"{predictions_path.stem}.rank{rank}{predictions_path.suffix}")
-
-
-def shard_files(predictions_path: Path) -> list[Path]:
-    """The shard files beside `predictions_path`, in rank order."""
-    predictions_path = Path(predictions_path)
-    pattern = f"{predictions_path.stem}.rank*{predictions_path.suffix}"
-    found = []
-    for path in predictions_path.parent.glob(pattern):
-        middle = path.name[len(predictions_path.stem) + len(".rank") : -len(predictions_path.suffix) or None]
-        if middle.isdigit():
-            found.append((int(middle), path))
-    return [p for _, p in sorted(found)]
-
-
-def merge_in_order(order: Sequence[str], parts: Sequence[tuple[str, Mapping[str, str]]]) -> dict[str, str]:
-    """The union of `parts` ((source name, {image_id: caption})), keyed in the order of `order`.
-
-    The same id in two parts must carry the same caption: that happens when a merge was cut
-    between writing `predictions.jsonl` and deleting the shards, and the copies are equal.
-    """
-    merged: dict[str, str] = {}
-    origin: dict[str, str] = {}
-    for name, captions in parts:
-        for image_id, caption in captions.items():
-            if image_id in merged and merged[image_id] != caption:
-                raise BenchError(
-                    f"{name}: image_id {image_id!r} has caption {caption!r} but {origin[image_id]} has "
-                    f"{merged[image_id]!r}; use --force"
-                )
-            merged.setdefault(image_id, caption)
-            origin.setdefault(image_id, name)
-    return {i: merged[i] for i in order if i in merged}
-
-
-def merge_shards(predictions_path: Path, samples: Sequence["Sample"]) -> dict[str, str]:
-    """Fold every `predictions.rank<k>.jsonl` into `predictions.jsonl`, in sample order.
-
-    Returns the captions now in `predictions.jsonl`. The merged file is written atomically before
-    the shards are deleted, so a crash in between loses nothing (the copies are equal). Without
-    shard files and with records already in sample order, nothing is written.
-    """
-    from bench.captioning import existing_predictions, write_in_order
-
-    predictions_path = Path(predictions_path)
-    shards = shard_files(predictions_path)
-    main = existing_predictions(predictions_path, samples)
-    parts = [(str(predictions_path), main)] + [(str(p), existing_predictions(p, samples)) for p in shards]
-    merged = merge_in_order([s.image_id for s in samples], parts)
-    if shards or list(main) != list(merged):
-        write_in_order(predictions_path, samples, merged)
-        for path in shards:
-            path.unlink(missing_ok=True)
-    return merged

@@ -27,31 +27,35 @@ writes files, and the adapter is saved from the unwrapped model (the captioner's
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
+import dataclasses
 import math
 import os
-import pickle
-import random
-import re
-import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from bench.backends.base import Captioner
 from bench.config import TrainConfig
 from bench.data.types import Sample
+from bench.ddp import Parallel, prepare_parallel
 from bench.distributed import SINGLE, Dist
 from bench.errors import BenchError
-from bench.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from bench.io import atomic_write_json
+from bench.train_files import (
+    resume_point,
+    run_fingerprint,
+    reset_adapters,
+    save_epoch,
+    seed_everything,
+    set_rng_state,
+    torch_read,
+    write_curve,
+)
 
-EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 CURVE_EVERY_S = 60.0  # loss.csv is rewritten at most this often inside an epoch (and at its end)
 
 
@@ -137,144 +141,7 @@ def _check_config(cfg: TrainConfig) -> None:
             raise BenchError(f"train.{key}: impossible value {getattr(cfg, key)!r}")
 
 
-def _fingerprint(captioner: Captioner, pairs: Sequence[tuple[Sample, str]], cfg: TrainConfig, seed: int) -> dict[str, Any]:
-    """What must not change between a run and its resumption (else the weights would differ)."""
-    digest = hashlib.sha256()
-    for sample, caption in pairs:
-        digest.update(f"{sample.image_id}\t{caption}\n".encode())
-    lora = getattr(captioner, "lora_config", None)
-    train = asdict(cfg)
-    train.pop("train_size")  # already applied by the caller; the pairs digest covers it
-    return {
-        "backend": captioner.name,
-        "train": train,
-        "lora": asdict(lora) if lora is not None else None,
-        "seed": seed,
-        "pairs": len(pairs),
-        "pairs_sha256": digest.hexdigest(),
-    }
-
-
-def _json_roundtrip(obj: Any) -> Any:
-    # Tuples become lists in JSON: compare like with like.
-    import json
-
-    return json.loads(json.dumps(obj))
-
-
-# --- RNG / checkpoint plumbing -------------------------------------------------------------------
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def _rng_state() -> dict[str, Any]:
-    """All RNG state as tensors/ints, so `torch.load(weights_only=True)` can read it back."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
-        "numpy_rest": [int(pos), int(has_gauss), float(cached)],
-        "python": [int(version), list(py_state), gauss],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    pos, has_gauss, cached = state["numpy_rest"]
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    version, py_state, gauss = state["python"]
-    random.setstate((version, tuple(py_state), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _torch_bytes(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def _torch_read(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # weights_only refuses code
-        raise BenchError(f"{path}: unreadable training checkpoint ({' '.join(str(exc).split())[:200]})") from exc
-
-
-def _last_complete_epoch(adapter_root: Path) -> int:
-    """Highest N with a finished `adapter/epoch-N/` (folders appear atomically, state last)."""
-    done = [
-        int(m.group(1))
-        for p in (adapter_root.iterdir() if adapter_root.is_dir() else [])
-        if (m := EPOCH_DIR.match(p.name)) and (p / "train_state.json").is_file()
-    ]
-    return max(done, default=0)
-
-
-def _reset_adapters(module: torch.nn.Module) -> None:
-    """Re-draw every LoRA A (B = 0) from the seeded RNG: a fresh run depends on `seed` only."""
-    from peft.tuners.lora import LoraLayer
-
-    for layer in module.modules():
-        if isinstance(layer, LoraLayer):
-            for name in layer.lora_A:
-                layer.reset_lora_parameters(name, True)
-
-
-def _write_curve(out_dir: Path, rows: list[dict[str, Any]], plot: bool) -> None:
-    """loss.csv (pandas) and, at epoch ends, loss.png (matplotlib Agg), both written atomically."""
-    import pandas as pd
-
-    frame = pd.DataFrame(rows, columns=["step", "epoch", "loss", "lr"])
-    atomic_write_text(out_dir / "loss.csv", frame.to_csv(index=False))
-    if not plot or frame.empty:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(frame["step"], frame["loss"], lw=1, label="loss per step")
-    per_epoch = frame.groupby("epoch")[["step", "loss"]].agg({"step": "max", "loss": "mean"})
-    ax.plot(per_epoch["step"], per_epoch["loss"], "o-", label="epoch mean")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(out_dir / "loss.png", buffer.getvalue())
-
-
-def _save_epoch(
-    captioner: Captioner, adapter_root: Path, epoch: int, optimizer: Any, scheduler: Any, scaler: Any,
-    state: dict[str, Any],
-) -> Path:
-    """adapter/epoch-N/ complete or absent: written under a temp name, then renamed."""
-    final = adapter_root / f"epoch-{epoch}"
-    partial = adapter_root / f".epoch-{epoch}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    captioner.save_adapter(partial)
-    atomic_write_bytes(partial / "optimizer.pt", _torch_bytes(optimizer.state_dict()))
-    atomic_write_bytes(partial / "scheduler.pt", _torch_bytes(scheduler.state_dict()))
-    atomic_write_bytes(partial / "scaler.pt", _torch_bytes(scaler.state_dict()))
-    atomic_write_bytes(partial / "rng.pt", _torch_bytes(_rng_state()))
-    atomic_write_json(partial / "train_state.json", state)
-    if final.exists():  # a stale copy from an aborted run of the same config
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    return final
-
+# --- the loop ------------------------------------------------------------------------------------
 
 def _progress(enabled: bool):
     from rich.progress import (
@@ -297,52 +164,122 @@ def _progress(enabled: bool):
     )
 
 
-class _LossModule(torch.nn.Module):
-    """`captioner.loss` as a module's forward, so DDP sees the forward and syncs the gradients.
-
-    It owns the captioner's parameters (as `inner`); the loss is looked up on every call so a
-    patched `captioner.loss` is honoured.
-    """
-
-    def __init__(self, captioner: Captioner) -> None:
-        super().__init__()
-        self.inner = captioner.torch_module()
-        self._captioner = [captioner]  # a list: not registered as a submodule twice
-
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self._captioner[0].loss(batch)
-
-
 @dataclass
-class _Parallel:
-    """The accelerate side of a multi-process run (None of it exists for a single process)."""
+class _Optimization:
+    """Optimizer (AdamW over the trainable parameters), linear warmup/decay schedule, AMP scaler,
+    and the optimizer-step counter: what carries from one epoch (and one session) to the next."""
 
-    accelerator: Any
-    module: Any  # the DDP-wrapped _LossModule
+    params: list[torch.nn.Parameter]
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    amp_dtype: torch.dtype | None
+    batches_per_epoch: int
+    device: torch.device
+    step: int = 0
 
-    def no_sync(self, sync: bool) -> Any:
-        """No gradient all-reduce for micro-batches inside an accumulation group (forward AND backward)."""
-        return contextlib.nullcontext() if sync else self.accelerator.no_sync(self.module)
-
-    def mean(self, value: torch.Tensor) -> float:
-        return float(self.accelerator.reduce(value.detach().clone(), reduction="mean").item())
-
-
-def _parallel(captioner: Captioner, optimizer: Any, cfg: TrainConfig, device: torch.device, dist: Dist) -> tuple[_Parallel, Any]:
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-
-    if cfg.batch_size % dist.world_size:
-        raise BenchError(
-            f"train.batch_size: {cfg.batch_size} does not split evenly over {dist.world_size} processes "
-            "(each process takes an equal share of every batch); use a multiple of the process count"
+    @classmethod
+    def build(cls, module: torch.nn.Module, cfg: TrainConfig, n_pairs: int, device: torch.device) -> "_Optimization":
+        amp_dtype = autocast_dtype(cfg.precision, device)
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        batches_per_epoch = math.ceil(n_pairs / cfg.batch_size)
+        total_steps = cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, LinearWarmupDecay(round(cfg.warmup_ratio * total_steps), total_steps)
         )
-    accelerator = Accelerator(cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True))
-    module, optimizer = accelerator.prepare(_LossModule(captioner), optimizer)
-    return _Parallel(accelerator, module), optimizer
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        return cls(params, optimizer, scheduler, scaler, amp_dtype, batches_per_epoch, device)
+
+    def restore(self, epoch_dir: Path) -> None:
+        self.optimizer.load_state_dict(torch_read(epoch_dir / "optimizer.pt"))
+        self.scheduler.load_state_dict(torch_read(epoch_dir / "scheduler.pt"))
+        self.scaler.load_state_dict(torch_read(epoch_dir / "scaler.pt"))
+        set_rng_state(torch_read(epoch_dir / "rng.pt"))
+
+    def apply(self, cfg: TrainConfig) -> float:
+        """One optimizer step on the accumulated gradients; returns the lr it used."""
+        self.scaler.unscale_(self.optimizer)
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return lr
 
 
-# --- the loop ------------------------------------------------------------------------------------
+def _epoch_loader(pairs: Sequence[tuple[Sample, str]], collate: Any, cfg: TrainConfig, seed: int, epoch: int,
+                  num_workers: int, device: torch.device, parallel: Parallel | None) -> Any:
+    # A per-epoch generator: the shuffle order depends on (seed, epoch) only, so a resumed run sees
+    # exactly the batches an uninterrupted one would.
+    loader = torch.utils.data.DataLoader(
+        list(pairs), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+        num_workers=num_workers, pin_memory=device.type == "cuda",
+    )
+    return loader if parallel is None else parallel.accelerator.prepare(loader)  # each rank: its share
+
+
+def _train_epoch(captioner: Captioner, loader: Any, opt: _Optimization, parallel: Parallel | None,
+                 cfg: TrainConfig, epoch: int, rows: list[dict[str, Any]], on_batch: Any) -> list[float]:
+    """One pass over the loader; appends a loss-curve row per optimizer step, returns its losses."""
+    device = opt.device
+    losses: list[float] = []
+    group_loss = torch.zeros((), device=device)
+    for i, batch in enumerate(loader):
+        # Gradient accumulation: average over the micro-batches of this optimizer step (the last
+        # group of an epoch may be shorter).
+        group_start = (i // cfg.grad_accum) * cfg.grad_accum
+        group_size = min(cfg.grad_accum, opt.batches_per_epoch - group_start)
+        last_of_group = i + 1 - group_start >= group_size
+        sync = contextlib.nullcontext() if parallel is None else parallel.no_sync(last_of_group)
+        with sync:
+            with _autocast(device, opt.amp_dtype):
+                loss = (captioner.loss(batch) if parallel is None else parallel.module(batch)) / group_size
+            opt.scaler.scale(loss).backward()
+        group_loss += loss.detach().float()
+        if not last_of_group:
+            on_batch(None)
+            continue
+        # One host sync per optimizer step; across ranks, the mean of their losses.
+        value = group_loss.item() if parallel is None else parallel.mean(group_loss)
+        if not math.isfinite(value):
+            raise BenchError(f"training: loss became {value} at epoch {epoch}, step {opt.step + 1}; lower train.lr")
+        lr = opt.apply(cfg)
+        rows.append({"step": opt.step, "epoch": epoch, "loss": value, "lr": lr})
+        losses.append(value)
+        on_batch(value)
+        group_loss.zero_()
+    return losses
+
+
+def _checked_trainable(captioner: Captioner, cfg: TrainConfig, pairs: Sequence[Any]) -> tuple[int, int]:
+    _check_config(cfg)
+    if not pairs:
+        raise BenchError("training: no (image, caption) pairs to train on")
+    trainable, total = captioner.trainable_parameters()
+    if trainable == 0:
+        raise BenchError(f"training: backend {captioner.name!r} has no trainable parameters (call add_lora first)")
+    return trainable, total
+
+
+def _start_optimization(captioner: Captioner, cfg: TrainConfig, n_pairs: int, device: torch.device, seed: int,
+                        adapter_root: Path, start_epoch: int, step: int) -> _Optimization:
+    """Fresh adapters drawn from the seed, or the last epoch's adapter, optimizer and RNG state."""
+    module = captioner.torch_module()
+    opt = _Optimization.build(module, cfg, n_pairs, device)
+    opt.step = step
+    seed_everything(seed)
+    if start_epoch:
+        captioner.load_adapter(adapter_root / f"epoch-{start_epoch}")
+        opt.restore(adapter_root / f"epoch-{start_epoch}")
+    else:
+        reset_adapters(module)
+    return opt
+
 
 def train(
     captioner: Captioner,
@@ -359,142 +296,76 @@ def train(
 
     With `dist` enabled, every rank calls this with the same arguments (DDP, rank 0 writes).
     """
-    out_dir = Path(out_dir)
+    out_dir, num_workers = Path(out_dir), default_num_workers() if num_workers is None else num_workers
     adapter_root = out_dir / "adapter"
-    _check_config(cfg)
-    if not pairs:
-        raise BenchError("training: no (image, caption) pairs to train on")
-    trainable, total = captioner.trainable_parameters()
-    if trainable == 0:
-        raise BenchError(f"training: backend {captioner.name!r} has no trainable parameters (call add_lora first)")
-    amp_dtype = autocast_dtype(cfg.precision, device)
-    num_workers = default_num_workers() if num_workers is None else num_workers
-    fingerprint = _json_roundtrip(_fingerprint(captioner, pairs, cfg, seed))
+    trainable, total = _checked_trainable(captioner, cfg, pairs)
+    autocast_dtype(cfg.precision, device)  # a precision this device lacks is an error before anything else
+    fingerprint = run_fingerprint(captioner, pairs, cfg, seed)
 
     # 1. Where are we? Resume after the last complete epoch (or return at once when all are done).
-    start_epoch = _last_complete_epoch(adapter_root)
-    rows: list[dict[str, Any]] = []
-    step, train_s_before = 0, 0.0
-    if start_epoch:
-        epoch_dir = adapter_root / f"epoch-{start_epoch}"
-        saved = read_json(epoch_dir / "train_state.json")
-        for key, value in fingerprint.items():
-            if saved.get("config", {}).get(key) != value:
-                raise BenchError(
-                    f"{epoch_dir / 'train_state.json'}: field 'config.{key}' is {saved.get('config', {}).get(key)!r}, "
-                    f"this run has {value!r}; delete {out_dir} (or use --force) to train afresh"
-                )
-        rows, step, train_s_before = saved["rows"], saved["step"], saved["train_s"]
-        if start_epoch >= cfg.epochs:
-            captioner.load_adapter(epoch_dir)
-            if dist.is_main:
-                _write_curve(out_dir, rows, plot=not (out_dir / "loss.png").exists())
-            return TrainResult(
-                start_epoch, step, saved["final_loss"], train_s_before, start_epoch, trainable, total, cached=True
-            )
+    start_epoch, saved = resume_point(adapter_root, fingerprint, out_dir)
+    rows, step, train_s_before = (saved["rows"], saved["step"], saved["train_s"]) if saved else ([], 0, 0.0)
+    if saved and start_epoch >= cfg.epochs:
+        captioner.load_adapter(adapter_root / f"epoch-{start_epoch}")
+        if dist.is_main:
+            write_curve(out_dir, rows, plot=not (out_dir / "loss.png").exists())
+        return TrainResult(start_epoch, step, saved["final_loss"], train_s_before, start_epoch, trainable, total, cached=True)
 
-    # 2. Model, optimizer (AdamW over trainable parameters), linear warmup/decay, AMP scaler.
+    # 2. Optimizer, schedule and scaler; restored with the adapter and RNG when resuming.
     module = captioner.torch_module()
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batches_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
-    total_steps = cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, LinearWarmupDecay(round(cfg.warmup_ratio * total_steps), total_steps)
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    seed_everything(seed)
-    if start_epoch:
-        epoch_dir = adapter_root / f"epoch-{start_epoch}"
-        captioner.load_adapter(epoch_dir)
-        optimizer.load_state_dict(_torch_read(epoch_dir / "optimizer.pt"))
-        scheduler.load_state_dict(_torch_read(epoch_dir / "scheduler.pt"))
-        scaler.load_state_dict(_torch_read(epoch_dir / "scaler.pt"))
-        _set_rng_state(_torch_read(epoch_dir / "rng.pt"))
-    else:
-        _reset_adapters(module)
+    opt = _start_optimization(captioner, cfg, len(pairs), device, seed, adapter_root, start_epoch, step)
     if dist.is_main:
-        _write_curve(out_dir, rows, plot=False)  # drops rows of a half-done epoch from loss.csv
-    parallel: _Parallel | None = None
+        write_curve(out_dir, rows, plot=False)  # drops rows of a half-done epoch from loss.csv
+    parallel: Parallel | None = None
     if dist.enabled:
-        parallel, optimizer = _parallel(captioner, optimizer, cfg, device, dist)
+        parallel, opt.optimizer = prepare_parallel(captioner, opt.optimizer, cfg, device, dist)
 
     # 3. Train the remaining epochs; save everything after each one.
-    collate = captioner.train_collate()
-    started = time.perf_counter()
-    curve_written = started
-    final_loss: float | None = None
+    collate, started, final_loss = captioner.train_collate(), time.perf_counter(), None
     with _progress(progress) as bar:
-        task = bar.add_task("train", total=(cfg.epochs - start_epoch) * batches_per_epoch, epoch=start_epoch + 1, loss="-")
+        task = bar.add_task("train", total=(cfg.epochs - start_epoch) * opt.batches_per_epoch, epoch=start_epoch + 1, loss="-")
+        curve = _CurveWriter(out_dir, rows, bar, task, dist.is_main)
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            # A per-epoch generator: the shuffle order depends on (seed, epoch) only, so a resumed
-            # run sees exactly the batches an uninterrupted one would.
-            loader = torch.utils.data.DataLoader(
-                list(pairs), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
-                generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
-                num_workers=num_workers, pin_memory=device.type == "cuda",
-            )
-            if parallel is not None:
-                loader = parallel.accelerator.prepare(loader)  # each rank: its share of every batch
+            loader = _epoch_loader(pairs, collate, cfg, seed, epoch, num_workers, device, parallel)
             module.train()
-            epoch_losses: list[float] = []
-            group_loss = torch.zeros((), device=device)
-            for i, batch in enumerate(loader):
-                # Gradient accumulation: average over the micro-batches of this optimizer step
-                # (the last group of an epoch may be shorter).
-                group_start = (i // cfg.grad_accum) * cfg.grad_accum
-                group_size = min(cfg.grad_accum, batches_per_epoch - group_start)
-                last_of_group = i + 1 - group_start >= group_size
-                if parallel is None:
-                    with _autocast(device, amp_dtype):
-                        loss = captioner.loss(batch) / group_size
-                    scaler.scale(loss).backward()
-                else:
-                    with parallel.no_sync(last_of_group):
-                        with _autocast(device, amp_dtype):
-                            loss = parallel.module(batch) / group_size
-                        scaler.scale(loss).backward()
-                group_loss += loss.detach().float()
-                if not last_of_group:
-                    bar.advance(task)
-                    continue
-                # One host sync per optimizer step; across ranks, the mean of their losses.
-                value = group_loss.item() if parallel is None else parallel.mean(group_loss)
-                if not math.isfinite(value):
-                    raise BenchError(f"training: loss became {value} at epoch {epoch}, step {step + 1}; lower train.lr")
-                scaler.unscale_(optimizer)
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                lr = scheduler.get_last_lr()[0]
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                rows.append({"step": step, "epoch": epoch, "loss": value, "lr": lr})
-                epoch_losses.append(value)
-                bar.update(task, advance=1, epoch=epoch, loss=f"{value:.4f}")
-                group_loss.zero_()
-                if time.perf_counter() - curve_written > CURVE_EVERY_S:
-                    _write_curve(out_dir, rows, plot=False)
-                    curve_written = time.perf_counter()
+            losses = _train_epoch(captioner, loader, opt, parallel, cfg, epoch, rows, curve.on_batch(epoch))
             module.eval()
-
-            final_loss = sum(epoch_losses) / len(epoch_losses)
-            train_s = train_s_before + time.perf_counter() - started
+            final_loss = sum(losses) / len(losses)
             state = {
-                "epochs_done": epoch, "step": step, "final_loss": final_loss, "train_s": train_s,
+                "epochs_done": epoch, "step": opt.step, "final_loss": final_loss,
+                "train_s": train_s_before + time.perf_counter() - started,
                 "trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total,
                 "config": fingerprint, "rows": rows, "processes": dist.world_size,
             }
             if dist.is_main:
-                _save_epoch(captioner, adapter_root, epoch, optimizer, scheduler, scaler, state)
+                save_epoch(captioner, adapter_root, epoch, opt.optimizer, opt.scheduler, opt.scaler, state)
                 atomic_write_json(out_dir / "state.json", state)
-                _write_curve(out_dir, rows, plot=True)
+                write_curve(out_dir, rows, plot=True)
             dist.barrier()  # no rank runs ahead of a checkpoint it may have to resume from
-
     return TrainResult(
-        cfg.epochs, step, final_loss, train_s_before + time.perf_counter() - started, start_epoch, trainable, total
+        cfg.epochs, opt.step, final_loss, train_s_before + time.perf_counter() - started, start_epoch, trainable, total
     )
+
+
+@dataclass
+class _CurveWriter:
+    """Progress bar updates and loss.csv rewritten at most every CURVE_EVERY_S inside an epoch."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    bar: Any
+    task: Any
+    writes: bool
+    written_at: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def on_batch(self, epoch: int) -> Any:
+        def update(loss: float | None) -> None:
+            if loss is None:  # a micro-batch inside an accumulation group
+                self.bar.advance(self.task)
+                return
+            self.bar.update(self.task, advance=1, epoch=epoch, loss=f"{loss:.4f}")
+            if self.writes and time.perf_counter() - self.written_at > CURVE_EVERY_S:
+                write_curve(self.out_dir, self.rows, plot=False)
+                self.written_at = time.perf_counter()
+
+        return update

@@ -21,7 +21,8 @@ from bench.config import GenerationConfig, ModelConfig, ScoringConfig
 from bench.data.types import Sample
 from bench.distributed import SINGLE, Dist
 from bench.errors import BenchError
-from bench.runs import ScorerPool, _generation_autocast, _score, cpu_thread_budget, cpu_threads, resolve_device
+from bench.runs import ScorerPool, cpu_thread_budget, cpu_threads, resolve_device
+from bench.runs.execute import RunContext, _generation_autocast, score
 from conftest import REPO
 
 sys.path.insert(0, str(REPO))  # benchmarks/ as a namespace package
@@ -167,14 +168,15 @@ def test_one_clip_per_process_on_the_runs_device(tiny_clip: Path, samples4, monk
 
     loads: list[str] = []
     real = clipscore._from_pretrained
-    monkeypatch.setattr(clipscore, "_from_pretrained", lambda name, **kw: loads.append(name) or real(name, **kw))
+    monkeypatch.setattr(clipscore, "_from_pretrained", lambda name: loads.append(name) or real(name))
     plan = SimpleNamespace(
         samples=samples4, setting=SimpleNamespace(scoring=ScoringConfig(clip_model=str(tiny_clip), metrics=("clipscore",)))
     )
     preds = {s.image_id: "a dog runs" for s in samples4}
+    run = RunContext(plan, CPU, None, False, 0, SINGLE, {})  # type: ignore[arg-type]
     with ScorerPool() as pool:
-        first, _ = _score(plan, preds, CPU, None, False, pool)  # type: ignore[arg-type]
-        second, _ = _score(plan, preds, CPU, None, False, pool)  # type: ignore[arg-type]
+        first, _ = score(run, preds, pool)
+        second, _ = score(run, preds, pool)
         (key,) = pool._scorers  # one scorer, keyed by the run's device
         assert key[2] == "cpu"
     assert loads == [str(tiny_clip)]  # loaded once for both runs

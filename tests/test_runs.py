@@ -14,7 +14,6 @@ from bench.errors import BenchError, RunLockedError
 from bench.io import append_records, atomic_write_json, exclusive_lock, read_records
 from bench.runs import (
     METRIC_KEYS,
-    _cached_results,
     config_diff,
     execute_plan,
     list_runs,
@@ -22,6 +21,7 @@ from bench.runs import (
     plan_run,
     record_external_run,
 )
+from bench.runs.registry import cached_results
 from bench.settings import load_setting
 
 
@@ -164,11 +164,11 @@ def test_partial_run_of_other_config_is_not_mixed(zero_shot_plan) -> None:
     plan = zero_shot_plan
     atomic_write_json(plan.run_dir / "config.json", plan.config)
     append_records(plan.run_dir / "predictions.jsonl", [{"image_id": plan.samples[0].image_id, "caption": "a"}])
-    assert _cached_results(plan, force=False) is None  # same config: resume
+    assert cached_results(plan, force=False) is None  # same config: resume
     changed = dataclasses.replace(plan, config={**plan.config, "prompt_text": "<image>\nOther."})
     with pytest.raises(BenchError, match=r"holds a partial run of a different config .*--force"):
-        _cached_results(changed, force=False)
-    assert _cached_results(changed, force=True) is None
+        cached_results(changed, force=False)
+    assert cached_results(changed, force=True) is None
 
 
 def test_second_process_on_a_run_folder_refuses(zero_shot_plan) -> None:

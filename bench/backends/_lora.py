@@ -1,6 +1,5 @@
 """Helpers shared by the two LoRA backends (`vit-gpt2`, `clip-flan-t5`); not a backend itself.
 
-- loading weights from a hub id or a local folder, with one-line errors when offline;
 - turning a LoRA target preset or name list into a peft regex restricted to the decoder, with an
   error that lists what exists when a target does not;
 - saving an adapter folder atomically and loading it back from safetensors only;
@@ -10,105 +9,26 @@
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 
 from bench.backends.base import Captioner
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.errors import BenchError
-
-T = TypeVar("T")
+from bench.model_source import error_line
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 BENCH_ADAPTER = "bench_adapter.json"
 # Pickle files: never loaded as adapters; as base weights only through weights_only (model_loader).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-
-
-# --- loading pretrained parts --------------------------------------------------------------------
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
-
-
-def model_loader(model_class: Any) -> Callable[..., Any]:
-    """`model_class.from_pretrained` that reads weights without running code.
-
-    safetensors first; a checkpoint that only ships `pytorch_model.bin` (older hub models) is read
-    with `torch.load(weights_only=True)`, which unpickles plain tensors and containers only and
-    raises `UnpicklingError` on anything that would import or call code.
-    """
-
-    def load(source: str, **kwargs: Any) -> Any:
-        # No background "safetensors conversion" request to the hub for .bin-only repos.
-        os.environ.setdefault("DISABLE_SAFETENSORS_CONVERSION", "1")
-        return model_class.from_pretrained(source, use_safetensors=None, weights_only=True, **kwargs)
-
-    return load
-
-
-def _refused_pickle(folder: Path | None) -> str:
-    name = "its .bin weights"
-    if folder is not None and folder.is_dir():
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        name = pickles[0] if pickles else name
-    return (
-        f"{name} is a pickle that would run code to load; refused (bench reads safetensors, or "
-        "plain-tensor pickles with torch.load(weights_only=True)); convert it to safetensors"
-    )
-
-
-def _unreadable(what: str, model_id: str, exc: BaseException) -> BenchError:
-    reason = _refused_pickle(None) if isinstance(exc, pickle.UnpicklingError) else f"unreadable weights ({_one_line(exc)})"
-    return BenchError(f"{what} {model_id!r}: {reason}")
-
-
-def load_pretrained(load: Callable[..., T], model_id: str, what: str) -> T:
-    """`load(source, **kw)` (a `from_pretrained`) for a local folder or a hub id, never remote code.
-
-    A hub id is first looked up in the local Hugging Face cache, then online; every failure is one
-    BenchError naming the model and how to point bench at a local copy. A pickle that needs code
-    to load (refused by weights_only) or a corrupt safetensors file is an error, never executed.
-    """
-    from safetensors import SafetensorError
-
-    path = Path(os.path.expanduser(model_id))
-    kwargs: dict[str, Any] = {"trust_remote_code": False}
-    if path.is_dir():
-        try:
-            return load(str(path), **kwargs)
-        except pickle.UnpicklingError as exc:
-            raise BenchError(f"{what} {model_id!r}: {_refused_pickle(path)}") from exc
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
-            raise BenchError(f"{what} {model_id!r}: cannot load from this folder: {_one_line(exc)}") from exc
-    if path.exists() or model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1:
-        raise BenchError(f"{what} {model_id!r}: no such model folder (give a folder written by save_pretrained or a hub id)")
-    try:
-        return load(model_id, local_files_only=True, **kwargs)
-    except (pickle.UnpicklingError, SafetensorError) as exc:  # cached, but unsafe or corrupt
-        raise _unreadable(what, model_id, exc) from exc
-    except (OSError, ValueError):
-        pass  # not cached: try the hub
-    try:
-        return load(model_id, **kwargs)
-    except (pickle.UnpicklingError, SafetensorError) as exc:
-        raise _unreadable(what, model_id, exc) from exc
-    except (OSError, ValueError) as exc:
-        raise BenchError(
-            f"{what} {model_id!r} is not a local folder, not in the Hugging Face cache and could not be "
-            f"fetched from the hub (offline?): download it once on a connected machine with "
-            f"`hf download {model_id} --local-dir DIR` and set the model to DIR in the setting "
-            f"({_one_line(exc).split('. ')[0]})"
-        ) from exc
 
 
 # --- LoRA targets --------------------------------------------------------------------------------
@@ -285,17 +205,17 @@ def load_peft_adapter(model: torch.nn.Module, peft_model: Any | None, adapter_di
         try:
             config = peft.LoraConfig.from_pretrained(str(adapter_dir))
         except (ValueError, TypeError, OSError) as exc:
-            raise BenchError(f"{adapter_dir / ADAPTER_CONFIG}: not a LoRA adapter config ({_one_line(exc)})") from exc
+            raise BenchError(f"{adapter_dir / ADAPTER_CONFIG}: not a LoRA adapter config ({error_line(exc)})") from exc
         config.inference_mode = False
         peft_model = add_peft(model, config)
     try:
         state = load_file(str(adapter_dir / ADAPTER_WEIGHTS), device="cpu")
     except (SafetensorError, OSError) as exc:
-        raise BenchError(f"{adapter_dir / ADAPTER_WEIGHTS}: not a readable safetensors file ({_one_line(exc)})") from exc
+        raise BenchError(f"{adapter_dir / ADAPTER_WEIGHTS}: not a readable safetensors file ({error_line(exc)})") from exc
     try:
         result = peft.set_peft_model_state_dict(peft_model, state)
     except RuntimeError as exc:
-        raise BenchError(f"{adapter_dir / ADAPTER_WEIGHTS}: does not fit this model's LoRA layers ({_one_line(exc)})") from exc
+        raise BenchError(f"{adapter_dir / ADAPTER_WEIGHTS}: does not fit this model's LoRA layers ({error_line(exc)})") from exc
     missing_lora = [k for k in result.missing_keys if "lora_" in k]
     if result.unexpected_keys or missing_lora:
         bad = (result.unexpected_keys or missing_lora)[0]

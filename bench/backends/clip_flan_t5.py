@@ -27,20 +27,18 @@ from torch import nn
 from bench.backends._lora import (
     PixelLoraCaptioner,
     PixelTrainCollate,
-    _one_line,
     add_peft,
     check_adapter_dir,
     clean_captions,
     generation_kwargs,
     load_peft_adapter,
-    load_pretrained,
-    model_loader,
     peft_lora_config,
     resolve_targets,
     save_peft_adapter,
     to_device,
     write_dir_atomically,
 )
+from bench.model_source import CLIP_TEXT_HALF, error_line, image_processor_loader, load_files, load_model
 from bench.backends.base import AttentionTrace, Batch, register_backend
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.errors import BenchError
@@ -128,17 +126,17 @@ class ClipFlanT5Captioner(PixelLoraCaptioner):
         if model_cfg.quantization != "none":
             raise BenchError(f"model quantization {model_cfg.quantization!r}: backend 'clip-flan-t5' loads full precision only")
         t5_id, vision_id = model_sources(model_cfg, cls.default_model)
-        t5 = load_pretrained(
-            model_loader(T5ForConditionalGeneration),
-            t5_id, "clip-flan-t5 T5 model",
+        t5_field, vision_field = "models.clip-flan-t5.model", "models.clip-flan-t5.options.vision_model"
+        t5 = load_model(T5ForConditionalGeneration, t5_id, "clip-flan-t5 T5 model", t5_field)
+        tokenizer = load_files(AutoTokenizer.from_pretrained, t5_id, "clip-flan-t5 T5 tokenizer", t5_field)
+        # The vision tower of a full CLIP checkpoint (openai/clip-vit-base-patch16): its text half
+        # and projections are expected leftovers, not a problem worth a warning.
+        vision = load_model(
+            CLIPVisionModel, vision_id, "clip-flan-t5 vision_model", vision_field,
+            expected_unexpected=CLIP_TEXT_HALF,
         )
-        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, t5_id, "clip-flan-t5 T5 tokenizer")
-        vision = load_pretrained(
-            model_loader(CLIPVisionModel),
-            vision_id, "clip-flan-t5 vision_model",
-        )
-        processor = load_pretrained(
-            lambda src, **kw: CLIPImageProcessorPil.from_pretrained(src), vision_id, "clip-flan-t5 vision_model image processor"
+        processor = load_files(
+            image_processor_loader(CLIPImageProcessorPil), vision_id, "clip-flan-t5 vision_model image processor", vision_field
         )
         # Only bench's GenerationConfig decides decoding; hub defaults must not leak in.
         t5.generation_config = HFGenerationConfig(
@@ -272,6 +270,6 @@ class ClipFlanT5Captioner(PixelLoraCaptioner):
             state = load_file(str(adapter_dir / PROJECTION_FILE), device="cpu")
             self.model.projection.load_state_dict(state, strict=True)
         except (SafetensorError, OSError, RuntimeError) as exc:
-            raise BenchError(f"{adapter_dir / PROJECTION_FILE}: does not fit this model's projection ({_one_line(exc)})") from exc
+            raise BenchError(f"{adapter_dir / PROJECTION_FILE}: does not fit this model's projection ({error_line(exc)})") from exc
         self.peft_model = load_peft_adapter(self.model.t5, self.peft_model, adapter_dir)
         self.model.to(self.device)

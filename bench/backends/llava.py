@@ -9,8 +9,6 @@ caption: role prefixes and quotes stripped, the first `sentences` sentences of t
 
 from __future__ import annotations
 
-import os
-import pickle
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import torch
 from bench.backends.base import Batch, Captioner, register_backend
 from bench.config import GenerationConfig, ModelConfig
 from bench.errors import BenchError
+from bench.model_source import load_files, load_model
 from bench.prompts import PromptTemplate, load_prompt
 
 DEFAULT_PROMPT = "brief"
@@ -85,92 +84,6 @@ def _check_options(options: dict[str, object]) -> dict[str, str]:
             raise BenchError(f"models.llava.options.{key} must be {allowed}, got {value!r}")
         resolved[key] = str(value)
     return resolved
-
-
-def _load_error(model: str, exc: BaseException) -> BenchError:
-    """One line for a model that cannot be loaded, telling how to point bench at a local copy."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if isinstance(exc, pickle.UnpicklingError):
-        first = (
-            "its .bin weights are a pickle that would run code to load; refused "
-            "(bench loads safetensors, or plain-tensor pickles with torch.load(weights_only=True))"
-        )
-    if Path(model).expanduser().exists():
-        return BenchError(f"{model}: cannot load a LLaVA model from this directory: {first}")
-    if model.startswith(("/", ".", "~")):
-        return BenchError(f"models.llava.model: local directory {model} does not exist")
-    if _offline(exc):
-        why = "it is not in the local Hugging Face cache and the hub cannot be reached (offline)"
-    elif isinstance(exc, OSError):  # the hub answered: no such repo, gated, no such file
-        why = f"the hub refused it ({first})"
-    else:
-        return BenchError(f"model {model!r} cannot be loaded: {first}")
-    return BenchError(
-        f"model {model!r} cannot be loaded: {why}; download it where there is network, or pass "
-        f"a local directory: models.llava.model = \"/path/to/llava\" in a setting"
-    )
-
-
-def _offline(exc: BaseException) -> bool:
-    from huggingface_hub import constants
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    if constants.HF_HUB_OFFLINE or isinstance(exc, (ConnectionError, LocalEntryNotFoundError)):
-        return True
-    return "connect" in str(exc).lower()
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the hub endpoint accepts a TCP connection (False in offline mode).
-
-    Without this, a machine with no network and no HF_HUB_OFFLINE spends minutes in the hub
-    client's retries before failing. Behind a proxy the direct probe says nothing, so it is skipped.
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
-        return True
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname or "", port), timeout=timeout_s).close()
-    except OSError:
-        return False
-    return True
-
-
-def _is_cached(model: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        return isinstance(try_to_load_from_cache(model, "config.json"), str)
-    except ValueError:  # not a valid repo id
-        return False
-
-
-def source_kwargs(model: str) -> dict[str, Any]:
-    """Extra from_pretrained kwargs for where the model comes from.
-
-    A local directory or a reachable hub: none. An unreachable hub: the local cache only
-    (`local_files_only`, no retries), or at once the one-line error when the model is not cached.
-    """
-    from huggingface_hub import constants
-
-    if Path(model).expanduser().is_dir() or constants.HF_HUB_OFFLINE:
-        return {}  # transformers resolves these without the network
-    if model.startswith(("/", ".", "~")):
-        what = "is a file, not a model directory" if Path(model).exists() else "does not exist"
-        raise BenchError(f"models.llava.model: local directory {model} {what}")
-    if hub_reachable():
-        return {}
-    if _is_cached(model):
-        return {"local_files_only": True}
-    raise _load_error(model, ConnectionError("hub unreachable"))
 
 
 # --- prompt ----------------------------------------------------------------------------------------
@@ -317,28 +230,16 @@ class LlavaCaptioner(Captioner):
         options = _check_options(dict(model_cfg.options))
         quant = quantization_config(model_cfg.quantization, device)
         dtype = pick_dtype(device)
-        kwargs: dict[str, Any] = {
-            "dtype": dtype,
-            "attn_implementation": options["attn_implementation"],
-            "trust_remote_code": False,
-            "use_safetensors": _prefer_safetensors(os.path.expanduser(model_cfg.model)),
-            "weights_only": True,  # a .bin is unpickled as plain tensors only, never code
-        }
+        kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": options["attn_implementation"]}
         if quant is not None:
             kwargs["quantization_config"] = quant
         if device.type == "cuda":
             # Load straight onto the GPU (quantized weights cannot be moved afterwards).
             index = device.index if device.index is not None else torch.cuda.current_device()
             kwargs["device_map"] = {"": index}
-        name = os.path.expanduser(model_cfg.model)
-        source = source_kwargs(name)
-        try:
-            processor = AutoProcessor.from_pretrained(name, trust_remote_code=False, **source)
-            model = LlavaForConditionalGeneration.from_pretrained(name, **kwargs, **source)
-        except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
-            # OSError covers the hub client's errors and ConnectionError; RuntimeError a checkpoint
-            # whose shapes do not match its config; UnpicklingError a .bin that needs code to load.
-            raise _load_error(model_cfg.model, exc) from exc
+        field = "models.llava.model"
+        model = load_model(LlavaForConditionalGeneration, model_cfg.model, "llava model", field, **kwargs)
+        processor = load_files(AutoProcessor.from_pretrained, model_cfg.model, "llava processor", field)
         if device.type != "cuda":
             model = model.to(device)
         model.eval()
@@ -467,12 +368,3 @@ class LlavaCaptioner(Captioner):
                 )
             )
         return traces
-
-
-def _prefer_safetensors(model: str) -> bool | None:
-    """safetensors for hub ids and for local dirs that have them; a local dir with only .bin
-    files falls back to transformers' torch.load(weights_only=True)."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return True if any(path.glob("*.safetensors")) else None
-    return True

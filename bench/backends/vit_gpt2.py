@@ -23,14 +23,13 @@ from bench.backends._lora import (
     clean_captions,
     generation_kwargs,
     load_peft_adapter,
-    load_pretrained,
-    model_loader,
     peft_lora_config,
     resolve_targets,
     save_peft_adapter,
     to_device,
     write_dir_atomically,
 )
+from bench.model_source import image_processor_loader, load_files, load_model
 from bench.backends.base import AttentionTrace, Batch, register_backend
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.errors import BenchError
@@ -64,14 +63,10 @@ class VitGpt2Captioner(PixelLoraCaptioner):
         if model_cfg.options:
             raise BenchError(f"model options: backend 'vit-gpt2' takes none, got {', '.join(map(repr, model_cfg.options))}")
         model_id = model_cfg.model or cls.default_model
-        model = load_pretrained(
-            model_loader(VisionEncoderDecoderModel),
-            model_id, "vit-gpt2 model",
-        )
-        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model_id, "vit-gpt2 tokenizer")
-        processor = load_pretrained(
-            lambda src, **kw: ViTImageProcessorPil.from_pretrained(src), model_id, "vit-gpt2 image processor"
-        )
+        field = "models.vit-gpt2.model"
+        model = load_model(VisionEncoderDecoderModel, model_id, "vit-gpt2 model", field)
+        tokenizer = load_files(AutoTokenizer.from_pretrained, model_id, "vit-gpt2 tokenizer", field)
+        processor = load_files(image_processor_loader(ViTImageProcessorPil), model_id, "vit-gpt2 image processor", field)
         # GPT-2 has no pad token: pad with eos and start decoding from it, as nlpconnect's model does.
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

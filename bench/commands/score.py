@@ -242,9 +242,9 @@ def score(
             image_map = image_paths(images, entry_by_id)
 
     if as_run is not None:
-        from bench.runs import _check_run_name
+        from bench.runs import check_run_name
 
-        _check_run_name(as_run)  # fail before minutes of scoring, not after
+        check_run_name(as_run)  # fail before minutes of scoring, not after
     started = time.perf_counter()
     with Scorer(metrics=metric_names, clip_model=clip_model, device=device, clip_batch_size=batch_size) as scorer:
         result = scorer.score(preds_by_id, refs_by_id, image_map, progress=sys.stderr.isatty())

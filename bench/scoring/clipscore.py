@@ -18,10 +18,8 @@ CPU/GPU difference as ~1e-4).
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,10 +86,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).exists()
-
-
 class ClipScorer:
     """Loads one CLIP (lazily, once) and scores many caption sets with it."""
 
@@ -109,49 +103,9 @@ class ClipScorer:
     def load(self) -> None:
         if self._model is not None:
             return
-        name = self.model_name
-        if _looks_like_path(name):
-            path = Path(name).expanduser()
-            if not path.is_dir():
-                raise BenchError(f"--clip-model {name}: directory not found")
-            try:
-                # A local directory never touches the network.
-                model, processor = _from_pretrained(str(path), local_files_only=True)
-            except Exception as exc:  # transformers raises many types for a foreign folder
-                raise BenchError(f"--clip-model {name}: not a CLIP model directory ({str(exc).splitlines()[0]})") from exc
-        else:
-            model, processor = self._load_hub(name)
+        self._model, self._processor = _from_pretrained(self.model_name)
         self._device = resolve_device(self.device_request)
-        self._model = model.to(self._device).eval()
-        self._processor = processor
-
-    @staticmethod
-    def _load_hub(name: str) -> tuple[Any, Any]:
-        """From the local hub cache if there; else download, unless offline or unreachable.
-
-        Without the probe, an unreachable hub costs a minute of retries before failing.
-        """
-        from huggingface_hub import constants
-
-        try:
-            return _from_pretrained(name, local_files_only=True)
-        except pickle.UnpicklingError as exc:  # cached, but its .bin would run code: refused
-            raise BenchError(f"CLIP model {name!r}: its cached .bin weights are a pickle that would run code; refused") from exc
-        except (OSError, ValueError):
-            pass
-        failure = BenchError(
-            f"CLIP model {name!r} is not in the local cache and the hub cannot be reached: "
-            "pass --clip-model /path/to/local/copy"
-        )
-        if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
-            raise failure
-        try:
-            return _from_pretrained(name, local_files_only=False)
-        except Exception as exc:  # network and format errors alike: one line, no traceback
-            raise BenchError(
-                f"CLIP model {name!r} cannot be loaded ({str(exc).splitlines()[0]}): "
-                "pass --clip-model /path/to/local/copy"
-            ) from exc
+        self._model = self._model.to(self._device).eval()
 
     @property
     def max_tokens(self) -> int:
@@ -245,55 +199,21 @@ class ClipScorer:
         self._processor = None
 
 
-def _from_pretrained(name: str, local_files_only: bool) -> tuple[Any, Any]:
+def _from_pretrained(name: str) -> tuple[Any, Any]:
+    """CLIP model and processor through bench.model_source (a local folder or a hub id)."""
     import torch
-    from transformers import AutoProcessor, CLIPModel
+    from transformers import AutoConfig, AutoProcessor, CLIPModel
 
-    from transformers import AutoConfig
+    from bench.model_source import load_files, load_model
 
-    with _quiet_loading():
-        config = AutoConfig.from_pretrained(name, local_files_only=local_files_only)
-        if config.model_type != "clip":
-            raise ValueError(f"config.json has model_type {config.model_type!r}, not 'clip'")
-        # safetensors, else a .bin read with torch.load(weights_only=True): never code.
-        model, info = CLIPModel.from_pretrained(
-            name, dtype=torch.float32, local_files_only=local_files_only, output_loading_info=True,
-            use_safetensors=None, weights_only=True,
-        )
-        # A partial checkpoint would be filled with random weights: scores silently wrong.
-        missing = list(info.get("missing_keys", [])) + list(info.get("mismatched_keys", []))
-        if missing:
-            raise ValueError(f"{len(missing)} weight tensors missing or mis-shaped, e.g. {missing[0]}")
-        processor = AutoProcessor.from_pretrained(name, local_files_only=local_files_only)
+    what, field = "CLIP model", "scoring.clip_model (or --clip-model)"
+    config = load_files(AutoConfig.from_pretrained, name, what, field)
+    if config.model_type != "clip":
+        raise BenchError(f"{what} {name!r}: config.json has model_type {config.model_type!r}, not 'clip'")
+    # strict: a partial checkpoint would be filled with random weights and score silently wrong.
+    model = load_model(CLIPModel, name, what, field, strict=True, dtype=torch.float32)
+    processor = load_files(AutoProcessor.from_pretrained, name, f"{what} processor", field)
     return model, processor
-
-
-def _reachable(endpoint: str, timeout_s: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub endpoint opens within timeout_s."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-@contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """No "Loading weights" bar from transformers (our own progress is enough); restored after."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _pooled(out: Any):
