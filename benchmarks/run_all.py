@@ -195,6 +195,17 @@ def markdown(r: dict[str, Any]) -> str:
             f"- cache hit: {r['cache_hit_runs_s']} s (the same command again on the finished run)",
             "",
         ]
+        if r.get("harness_breakdown_s"):
+            out += [
+                "Stage by stage (fastest run of each side; bench's setup includes its model load of "
+                f"{st.get('load_s')} s):",
+                "",
+                _md_table(
+                    ["stage", "bench s", "pure s", "bench - pure s"],
+                    [[k, a, b, round(a - b, 2)] for k, (a, b) in r["harness_breakdown_s"].items()],
+                ),
+                "",
+            ]
     gpu = r.get("llava_7b_gpu") or {}
     out += ["## GPU: LLaVA-1.5-7B architecture, random weights", ""]
     if gpu.get("gpu"):
