@@ -11,7 +11,6 @@ from typing import Any
 from bench import paths
 from bench.config import Setting
 
-
 DEMO_GROUP = "demo"
 TARGET_DATASET = "synth"
 SOURCE_DATASET = "synth-source"
@@ -123,11 +122,13 @@ def models_root(profile: Profile) -> Path:
 
 
 def say(console: Any, message: str) -> None:
+    """Print one line on the console, if there is one (the demo also runs without)."""
     if console is not None:
         console.print(message, highlight=False)
 
 
 def display_path(path: Path) -> str:
+    """The path relative to the project when it lies inside it (shorter lines in the terminal)."""
     try:
         return str(path.resolve().relative_to(paths.project_dir()))
     except ValueError:

@@ -106,7 +106,6 @@ def _build(merged: dict[str, Any], prov: Provenance, name: str, label: str, orde
     return setting
 
 
-
 def load_setting(name_or_path: str | Path) -> Setting:
     """A setting by name (`settings/<name>.toml`) or by path to a .toml file, fully validated."""
     path = find_setting_file(name_or_path)

@@ -98,7 +98,6 @@ def zero_shot_backends() -> tuple[str, ...]:
     return ordered_backends([b.name for b in backend_catalog().values() if not b.supports_lora])
 
 
-
 def is_lora_backend(backend: str) -> bool:
     info = backend_catalog().get(backend)
     if info is None:
