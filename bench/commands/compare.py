@@ -56,6 +56,30 @@ def _print_result(console: Console, result) -> None:  # noqa: ANN001 - ReportRes
             console.print(f"wrote: {extra}", highlight=False, soft_wrap=True)
 
 
+def _report_targets(
+    root: Path, data: str | None, runs: str | None, baseline: str | None, out: Path | None
+) -> tuple[list[tuple[str | None, Path, str | None]], bool]:
+    """(dataset, report path, baseline) of each report to write, and whether there are several."""
+    from bench.report.load import find_runs
+
+    if out is not None or data is not None:
+        return [(data, out or project_dir() / "reports" / f"{data}.md", baseline)], False
+    found = find_runs(root, runs_glob=runs)
+    if not found:
+        where = f" matching {runs!r}" if runs else ""
+        raise BenchError(f"{root}: no finished runs{where} (a run is finished when its results.json exists)")
+    if baseline is not None and baseline not in {r.run for r in found}:
+        raise BenchError(f"--baseline: no finished run named {baseline!r}; runs: {', '.join(r.run for r in found)}")
+    datasets = sorted({r.dataset for r in found})
+    # Each dataset's report uses --baseline if the run is on that dataset, else its default.
+    targets = [
+        (ds, project_dir() / "reports" / f"{ds}.md",
+         baseline if any(r.run == baseline and r.dataset == ds for r in found) else None)
+        for ds in datasets
+    ]
+    return targets, len(datasets) > 1
+
+
 def compare(
     data: Annotated[Optional[str], typer.Option("--data", help="Only runs on this dataset.")] = None,
     runs: Annotated[Optional[str], typer.Option("--runs", help="Only runs whose name (setting/backend) matches this glob.")] = None,
@@ -68,28 +92,10 @@ def compare(
 ) -> None:
     """Compare finished runs: a markdown report with CIs, p-values, cost, degeneration and figures."""
     from bench.report import build_report
-    from bench.report.load import find_runs
 
     console = Console()
     root = runs_dir()
-    if out is not None or data is not None:
-        targets = [(data, out or project_dir() / "reports" / f"{data}.md", baseline)]
-        several = False
-    else:
-        found = find_runs(root, runs_glob=runs)
-        if not found:
-            where = f" matching {runs!r}" if runs else ""
-            raise BenchError(f"{root}: no finished runs{where} (a run is finished when its results.json exists)")
-        if baseline is not None and baseline not in {r.run for r in found}:
-            raise BenchError(f"--baseline: no finished run named {baseline!r}; runs: {', '.join(r.run for r in found)}")
-        datasets = sorted({r.dataset for r in found})
-        several = len(datasets) > 1
-        # Each dataset's report uses --baseline if the run is on that dataset, else its default.
-        targets = [
-            (ds, project_dir() / "reports" / f"{ds}.md",
-             baseline if any(r.run == baseline and r.dataset == ds for r in found) else None)
-            for ds in datasets
-        ]
+    targets, several = _report_targets(root, data, runs, baseline, out)
 
     err = Console(stderr=True)
     with Progress(TextColumn("bootstrap {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -139,80 +139,77 @@ def _record_as_run(
     err.print(f"recorded run {name}/external ({dataset}, fingerprint {fp}) in {run_dir}", highlight=False)
 
 
-def score(
-    predictions: Annotated[
-        Path,
-        typer.Argument(
-            help="Captions to score: JSON {image_id: caption}, COCO results [{image_id, caption}], "
-            "JSONL of those (a run's predictions.jsonl), or the magic-flickr30k layout.",
-            show_default=False,
-        ),
-    ],
-    refs: Annotated[
-        Path,
-        typer.Option(
-            "--refs",
-            help="References: COCO captions JSON, Karpathy JSON, Flickr/Kaggle captions.txt, "
-            "{image_id: list of refs} JSON, JSONL, or the magic-flickr30k layout.",
-            show_default=False,
-        ),
-    ],
-    images: Annotated[
-        Path | None,
-        typer.Option("--images", help="Folder with the images; needed for CLIPScore/RefCLIPScore (skipped without it)."),
-    ] = None,
-    clip_model: Annotated[
-        str,
-        typer.Option(
-            "--clip-model",
-            help="CLIP for CLIPScore: hub id or local directory (a local directory never touches the network).",
-        ),
-    ] = DEFAULT_CLIP,
-    metrics: Annotated[
-        str, typer.Option("--metrics", help="Comma-separated subset of bleu,meteor,rouge,cider,clipscore.")
-    ] = DEFAULT_METRICS,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print exactly one JSON object on stdout (progress goes to stderr).")
-    ] = False,
-    per_image: Annotated[
-        Path | None, typer.Option("--per-image", help="Also write per-image scores to FILE (.json or .csv).")
-    ] = None,
-    intersect: Annotated[
-        bool,
-        typer.Option(
-            "--intersect",
-            help="Score only images that have both a prediction and references, and report both counts "
-            "(default: any mismatch is an error).",
-        ),
-    ] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="CLIP encoding batch size.")] = 64,
-    device: Annotated[str, typer.Option("--device", help="Device for CLIP: auto, cpu or cuda.")] = "auto",
-    as_run: Annotated[
-        str | None,
-        typer.Option(
-            "--as-run",
-            help="Also record these captions as the run NAME/external in the run registry, for `bench compare`.",
-        ),
-    ] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            "--dataset",
-            help="Dataset name of the --as-run run (default: the folder holding --refs); runs are compared "
-            "when dataset and reference fingerprint match.",
-        ),
-    ] = None,
-) -> None:
-    """Score PREDICTIONS against --refs with BLEU-1..4, METEOR, ROUGE-L, CIDEr (as pycocoevalcap)
-    and CLIPScore / RefCLIPScore (as Hessel et al. 2021)."""
-    from bench.data import read_references
-    from bench.scoring import Scorer, parse_metrics, read_predictions
+# The command's arguments, named once here so that `score` itself reads top to bottom.
+PredictionsArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Captions to score: JSON {image_id: caption}, COCO results [{image_id, caption}], "
+        "JSONL of those (a run's predictions.jsonl), or the magic-flickr30k layout.",
+        show_default=False,
+    ),
+]
+RefsOption = Annotated[
+    Path,
+    typer.Option(
+        "--refs",
+        help="References: COCO captions JSON, Karpathy JSON, Flickr/Kaggle captions.txt, "
+        "{image_id: list of refs} JSON, JSONL, or the magic-flickr30k layout.",
+        show_default=False,
+    ),
+]
+ImagesOption = Annotated[
+    Path | None,
+    typer.Option("--images", help="Folder with the images; needed for CLIPScore/RefCLIPScore (skipped without it)."),
+]
+ClipModelOption = Annotated[
+    str,
+    typer.Option(
+        "--clip-model",
+        help="CLIP for CLIPScore: hub id or local directory (a local directory never touches the network).",
+    ),
+]
+MetricsOption = Annotated[
+    str, typer.Option("--metrics", help="Comma-separated subset of bleu,meteor,rouge,cider,clipscore.")
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print exactly one JSON object on stdout (progress goes to stderr).")
+]
+PerImageOption = Annotated[
+    Path | None, typer.Option("--per-image", help="Also write per-image scores to FILE (.json or .csv).")
+]
+IntersectOption = Annotated[
+    bool,
+    typer.Option(
+        "--intersect",
+        help="Score only images that have both a prediction and references, and report both counts "
+        "(default: any mismatch is an error).",
+    ),
+]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="CLIP encoding batch size.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="Device for CLIP: auto, cpu or cuda.")]
+AsRunOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as-run",
+        help="Also record these captions as the run NAME/external in the run registry, for `bench compare`.",
+    ),
+]
+DatasetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        help="Dataset name of the --as-run run (default: the folder holding --refs); runs are compared "
+        "when dataset and reference fingerprint match.",
+    ),
+]
 
-    err = Console(stderr=True, soft_wrap=True)  # one message, one line
-    metric_names = parse_metrics(metrics)
-    per_image_fmt = _per_image_format(per_image)
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise BenchError(f"--device must be auto, cpu or cuda, got {device!r}")
+
+def _matched_inputs(
+    predictions: Path, refs: Path, intersect: bool, err: Console
+) -> tuple[dict[str, str], dict[str, list[str]], dict[str, Any]]:
+    """Predictions, references and reference entries of the images scored, with notes on stderr."""
+    from bench.data import read_references
+    from bench.scoring import read_predictions
 
     preds = read_predictions(predictions)
     entries = read_references(refs)
@@ -233,13 +230,47 @@ def score(
             f"({_examples(empty)}); scored as empty captions",
             highlight=False,
         )
+    return preds_by_id, refs_by_id, entry_by_id
 
-    image_map: dict[str, Path] | None = None
-    if "clipscore" in metric_names:
-        if images is None:
-            err.print("CLIPScore/RefCLIPScore skipped: pass --images DIR to compute them", highlight=False)
-        else:
-            image_map = image_paths(images, entry_by_id)
+
+def _clip_images(
+    metric_names: Any, images: Path | None, entry_by_id: dict[str, Any], err: Console
+) -> dict[str, Path] | None:
+    """The image files CLIPScore needs, or None when it is not asked for or --images is missing."""
+    if "clipscore" not in metric_names:
+        return None
+    if images is None:
+        err.print("CLIPScore/RefCLIPScore skipped: pass --images DIR to compute them", highlight=False)
+        return None
+    return image_paths(images, entry_by_id)
+
+
+def score(
+    predictions: PredictionsArg,
+    refs: RefsOption,
+    images: ImagesOption = None,
+    clip_model: ClipModelOption = DEFAULT_CLIP,
+    metrics: MetricsOption = DEFAULT_METRICS,
+    as_json: JsonOption = False,
+    per_image: PerImageOption = None,
+    intersect: IntersectOption = False,
+    batch_size: BatchSizeOption = 64,
+    device: DeviceOption = "auto",
+    as_run: AsRunOption = None,
+    dataset: DatasetOption = None,
+) -> None:
+    """Score PREDICTIONS against --refs with BLEU-1..4, METEOR, ROUGE-L, CIDEr (as pycocoevalcap)
+    and CLIPScore / RefCLIPScore (as Hessel et al. 2021)."""
+    from bench.scoring import Scorer, parse_metrics
+
+    err = Console(stderr=True, soft_wrap=True)  # one message, one line
+    metric_names = parse_metrics(metrics)
+    per_image_fmt = _per_image_format(per_image)
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise BenchError(f"--device must be auto, cpu or cuda, got {device!r}")
+
+    preds_by_id, refs_by_id, entry_by_id = _matched_inputs(predictions, refs, intersect, err)
+    image_map = _clip_images(metric_names, images, entry_by_id, err)
 
     if as_run is not None:
         from bench.runs import check_run_name

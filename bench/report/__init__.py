@@ -29,7 +29,7 @@ from bench.io import atomic_write_text
 from bench.report import figures as figs
 from bench.report.bootstrap import ALL_METRICS
 from bench.report.diagnostics import Cost
-from bench.report.load import find_runs
+from bench.report.load import RunData, find_runs
 from bench.report.markdown import cell, link, table
 from bench.report.section import RunSummary, Section, analyse_section, group_runs
 from bench.report.tables import Table, section_tables
@@ -276,15 +276,7 @@ def build_report(
 
     `progress(section_title, done, total)` is called while bootstrapping.
     """
-    if n_boot < 1:
-        raise BenchError(f"--resamples must be >= 1, got {n_boot}")
-    runs = find_runs(Path(runs_root), dataset=dataset, runs_glob=runs_glob)
-    if not runs:
-        filters = "".join([f" on dataset {dataset!r}" if dataset else "", f" matching {runs_glob!r}" if runs_glob else ""])
-        raise BenchError(f"{runs_root}: no finished runs{filters} (a run is finished when its results.json exists)")
-    if baseline is not None and baseline not in {r.run for r in runs}:
-        raise BenchError(f"--baseline: no finished run named {baseline!r}; runs: {', '.join(r.run for r in runs)}")
-
+    runs = _selected_runs(Path(runs_root), dataset, runs_glob, baseline, n_boot)
     tokens = tokenize_runs(runs)
     groups, mismatch = group_runs(runs)
     sections: list[Section] = []
@@ -294,6 +286,42 @@ def build_report(
         sections.append(analyse_section(group, tokens, baseline=baseline, n_boot=n_boot, seed=seed, progress=cb))
 
     out = Path(out)
+    written, summaries, datasets = _write_markdown(out, sections, mismatch, n_boot, seed, now)
+    notes = tuple(n for ds in datasets for n in mismatch.get(ds, [])) + tuple(n for s in sections for n in s.notes)
+    if csv is not None:
+        buf = io.StringIO()
+        pd.DataFrame([row for s in sections for row in _csv_rows(s)]).to_csv(buf, index=False, lineterminator="\n")
+        atomic_write_text(csv, buf.getvalue())
+    if json_out is not None:
+        payload = _json_payload(sections, notes, n_boot, seed)
+        atomic_write_text(json_out, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    return ReportResult(out, csv, json_out, tuple(w.path for w in written), tuple(summaries), notes)
+
+
+def _selected_runs(
+    runs_root: Path, dataset: str | None, runs_glob: str | None, baseline: str | None, n_boot: int
+) -> list[RunData]:
+    """The finished runs the report covers; bad options are one-line errors before any work."""
+    if n_boot < 1:
+        raise BenchError(f"--resamples must be >= 1, got {n_boot}")
+    runs = find_runs(runs_root, dataset=dataset, runs_glob=runs_glob)
+    if not runs:
+        filters = "".join([f" on dataset {dataset!r}" if dataset else "", f" matching {runs_glob!r}" if runs_glob else ""])
+        raise BenchError(f"{runs_root}: no finished runs{filters} (a run is finished when its results.json exists)")
+    if baseline is not None and baseline not in {r.run for r in runs}:
+        raise BenchError(f"--baseline: no finished run named {baseline!r}; runs: {', '.join(r.run for r in runs)}")
+    return runs
+
+
+def _write_markdown(
+    out: Path,
+    sections: list[Section],
+    mismatch: dict[str, list[str]],
+    n_boot: int,
+    seed: int,
+    now: _dt.datetime | None,
+) -> tuple[list[figs.Written], list[SectionSummary], list[str]]:
+    """The markdown report and its figures; returns the figures, the section summaries and the datasets."""
     fig_dir = out.parent / f"{out.stem}-figures"
     written: list[figs.Written] = []
     body: list[str] = []
@@ -323,31 +351,27 @@ def build_report(
             if old.name not in keep:
                 old.unlink()
     atomic_write_text(out, markdown)
+    return written, summaries, datasets
 
-    notes = tuple(n for ds in datasets for n in mismatch.get(ds, [])) + tuple(n for s in sections for n in s.notes)
-    if csv is not None:
-        buf = io.StringIO()
-        pd.DataFrame([row for s in sections for row in _csv_rows(s)]).to_csv(buf, index=False, lineterminator="\n")
-        atomic_write_text(csv, buf.getvalue())
-    if json_out is not None:
-        payload = {
-            "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95, "unit": "image"},
-            "notes": list(notes),
-            "sections": [
-                {
-                    "dataset": s.dataset,
-                    "fingerprint": s.fingerprint,
-                    "n_images": s.n_images,
-                    "baseline": s.baseline,
-                    "notes": s.notes,
-                    "runs": [_run_record(r) for r in s.runs],
-                    "examples": _examples(s, *_picks_and_grid(s)),
-                }
-                for s in sections
-            ],
-        }
-        atomic_write_text(json_out, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    return ReportResult(out, csv, json_out, tuple(w.path for w in written), tuple(summaries), notes)
+
+def _json_payload(sections: list[Section], notes: tuple[str, ...], n_boot: int, seed: int) -> dict[str, Any]:
+    """Everything of the report as JSON (`--json`), full caption text included."""
+    return {
+        "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95, "unit": "image"},
+        "notes": list(notes),
+        "sections": [
+            {
+                "dataset": s.dataset,
+                "fingerprint": s.fingerprint,
+                "n_images": s.n_images,
+                "baseline": s.baseline,
+                "notes": s.notes,
+                "runs": [_run_record(r) for r in s.runs],
+                "examples": _examples(s, *_picks_and_grid(s)),
+            }
+            for s in sections
+        ],
+    }
 
 
 def _picks_and_grid(section: Section) -> tuple[list[Pick], list[int], str]:

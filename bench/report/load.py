@@ -114,56 +114,9 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
     run, kind = results["run"], results["kind"]
     dataset, fingerprint = results["dataset"], results["fingerprint"]
     metrics = _metric_dict(results.get("metrics"), res_path, "metrics")
-
-    split_path = folder / "split.json"
-    split = read_json(split_path)
-    samples = _need(split, "samples", split_path, list)
-    if split.get("fingerprint", fingerprint) != fingerprint:
-        raise BenchError(
-            f"{split_path}: key 'fingerprint' is {split.get('fingerprint')!r} but results.json says {fingerprint!r}"
-        )
-    ids: list[str] = []
-    paths: list[Path | None] = []
-    refs: list[tuple[str, ...]] = []
-    for k, s in enumerate(samples):
-        image_id = _need(s, "image_id", split_path, (str, int), f"samples[{k}].")
-        sample_refs = _need(s, "refs", split_path, list, f"samples[{k}].")
-        if not sample_refs or not all(isinstance(r, str) for r in sample_refs):
-            raise BenchError(f"{split_path}: key 'samples[{k}].refs' must be a non-empty list of strings")
-        ids.append(str(image_id))
-        paths.append(_image_path(s.get("path")))
-        refs.append(tuple(sample_refs))
-    if not ids:
-        raise BenchError(f"{split_path}: key 'samples' is empty")
-    if len(set(ids)) != len(ids):
-        raise BenchError(f"{split_path}: key 'samples' lists an image_id twice")
-
-    pred_path = folder / "predictions.jsonl"
-    if not pred_path.exists():
-        raise BenchError(f"{pred_path}: file not found")
-    captions: dict[str, str] = {}
-    for k, rec in enumerate(read_records(pred_path)):
-        image_id, caption = rec.get("image_id"), rec.get("caption")
-        if not isinstance(image_id, (str, int)) or not isinstance(caption, str):
-            raise BenchError(f"{pred_path}: record {k + 1} needs a string 'image_id' and 'caption'")
-        captions[str(image_id)] = caption
-    missing = [i for i in ids if i not in captions]
-    if missing:
-        raise BenchError(f"{pred_path}: no caption for image_id {missing[0]!r} (listed in split.json; {len(missing)} missing)")
-
-    per_image: dict[str, dict[str, float]] = {}
-    metrics_path = folder / "metrics.json"
-    if metrics_path.exists():
-        scored = read_json(metrics_path)
-        if not isinstance(scored, dict):
-            raise BenchError(f"{metrics_path}: expected a JSON object")
-        if not metrics:
-            metrics = _metric_dict(scored.get("corpus"), metrics_path, "corpus")
-        raw = scored.get("per_image") or {}
-        if not isinstance(raw, dict):
-            raise BenchError(f"{metrics_path}: key 'per_image' must be an object keyed by image_id")
-        for image_id, values in raw.items():
-            per_image[str(image_id)] = _metric_dict(values, metrics_path, f"per_image.{image_id}")
+    ids, paths, refs = _read_split(folder / "split.json", fingerprint)
+    captions = _read_captions(folder / "predictions.jsonl", ids)
+    metrics, per_image = _read_metrics(folder / "metrics.json", metrics)
 
     loss = folder / "train" / "loss.csv"
     attend = folder / "attend"
@@ -188,6 +141,67 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
         loss_csv=loss if loss.is_file() else None,
         attend_pngs=tuple(sorted(attend.glob("*.png"))) if attend.is_dir() else (),
     )
+
+
+def _read_split(split_path: Path, fingerprint: str) -> tuple[list[str], list[Path | None], list[tuple[str, ...]]]:
+    """Image ids, image paths and references of the run's split.json, in split order."""
+    split = read_json(split_path)
+    samples = _need(split, "samples", split_path, list)
+    if split.get("fingerprint", fingerprint) != fingerprint:
+        raise BenchError(
+            f"{split_path}: key 'fingerprint' is {split.get('fingerprint')!r} but results.json says {fingerprint!r}"
+        )
+    ids: list[str] = []
+    paths: list[Path | None] = []
+    refs: list[tuple[str, ...]] = []
+    for k, s in enumerate(samples):
+        image_id = _need(s, "image_id", split_path, (str, int), f"samples[{k}].")
+        sample_refs = _need(s, "refs", split_path, list, f"samples[{k}].")
+        if not sample_refs or not all(isinstance(r, str) for r in sample_refs):
+            raise BenchError(f"{split_path}: key 'samples[{k}].refs' must be a non-empty list of strings")
+        ids.append(str(image_id))
+        paths.append(_image_path(s.get("path")))
+        refs.append(tuple(sample_refs))
+    if not ids:
+        raise BenchError(f"{split_path}: key 'samples' is empty")
+    if len(set(ids)) != len(ids):
+        raise BenchError(f"{split_path}: key 'samples' lists an image_id twice")
+    return ids, paths, refs
+
+
+def _read_captions(pred_path: Path, ids: list[str]) -> dict[str, str]:
+    """image_id -> caption from predictions.jsonl; every image of the split must have one."""
+    if not pred_path.exists():
+        raise BenchError(f"{pred_path}: file not found")
+    captions: dict[str, str] = {}
+    for k, rec in enumerate(read_records(pred_path)):
+        image_id, caption = rec.get("image_id"), rec.get("caption")
+        if not isinstance(image_id, (str, int)) or not isinstance(caption, str):
+            raise BenchError(f"{pred_path}: record {k + 1} needs a string 'image_id' and 'caption'")
+        captions[str(image_id)] = caption
+    missing = [i for i in ids if i not in captions]
+    if missing:
+        raise BenchError(f"{pred_path}: no caption for image_id {missing[0]!r} (listed in split.json; {len(missing)} missing)")
+    return captions
+
+
+def _read_metrics(
+    metrics_path: Path, metrics: dict[str, float]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Corpus metrics (results.json's, else metrics.json's) and per-image metrics of metrics.json."""
+    per_image: dict[str, dict[str, float]] = {}
+    if metrics_path.exists():
+        scored = read_json(metrics_path)
+        if not isinstance(scored, dict):
+            raise BenchError(f"{metrics_path}: expected a JSON object")
+        if not metrics:
+            metrics = _metric_dict(scored.get("corpus"), metrics_path, "corpus")
+        raw = scored.get("per_image") or {}
+        if not isinstance(raw, dict):
+            raise BenchError(f"{metrics_path}: key 'per_image' must be an object keyed by image_id")
+        for image_id, values in raw.items():
+            per_image[str(image_id)] = _metric_dict(values, metrics_path, f"per_image.{image_id}")
+    return metrics, per_image
 
 
 def find_runs(runs_root: Path, *, dataset: str | None = None, runs_glob: str | None = None) -> list[RunData]:

@@ -114,67 +114,15 @@ def analyse_section(
     order = sorted(range(len(first.image_ids)), key=lambda k: first.image_ids[k])
     image_ids = tuple(first.image_ids[k] for k in order)
     ref_tokens = [tokens[first.run].refs[k] for k in order]
-
-    inputs: list[RunInput] = []
-    aligned: dict[str, tuple[tuple[str, ...], dict[str, np.ndarray]]] = {}
-    for run in group:
-        pos = {image_id: k for k, image_id in enumerate(run.image_ids)}
-        idx = [pos[i] for i in image_ids]
-        cands = tuple(tokens[run.run].captions[k] for k in idx)
-        per_image: dict[str, np.ndarray] = {}
-        for metric in ("METEOR", "ROUGE-L", "CLIPScore", "RefCLIPScore"):
-            values = [run.per_image.get(i, {}).get(metric) for i in image_ids]
-            if all(v is not None for v in values):
-                per_image[metric] = np.asarray(values, dtype=np.float64)
-        if "ROUGE-L" not in per_image:
-            per_image["ROUGE-L"] = rouge_per_image(ref_tokens, cands)
-        aligned[run.run] = (cands, per_image)
-        inputs.append(RunInput(run.run, cands, per_image))
+    aligned = {run.run: _aligned_run(run, tokens, image_ids, ref_tokens) for run in group}
+    inputs = [RunInput(run.run, *aligned[run.run]) for run in group]
 
     boot = bootstrap(ref_tokens, inputs, n_boot=n_boot, seed=seed, progress=progress)
 
     notes: list[str] = []
-    summaries: list[RunSummary] = []
-    for run in group:
-        cands, per_image = aligned[run.run]
-        recomputed = boot.full[run.run]
-        values = {m: run.metrics[m] for m in ALL_METRICS if m in run.metrics}
-        for m in _RECOMPUTED:
-            if m not in values and m in recomputed:
-                values[m] = recomputed[m]
-        mismatched = [
-            m for m in ("CIDEr", "BLEU-4") if m in run.metrics and abs(run.metrics[m] - recomputed[m]) > _MISMATCH_TOL
-        ]
-        if mismatched:
-            m = mismatched[0]
-            notes.append(
-                f"{run.run}: recorded {m} {run.metrics[m]:.6f} differs from {recomputed[m]:.6f} recomputed from its "
-                "predictions (different tokenization?); its CI is around the recomputed value"
-            )
-        ci = {m: iv for m in ALL_METRICS if (iv := boot.ci(run.run, m)) is not None}
-        per_image["CIDEr"] = boot.cider_per_image[run.run]
-        summaries.append(
-            RunSummary(
-                data=run,
-                tokens=cands,
-                values=values,
-                ci=ci,
-                p={},
-                recomputed=recomputed,
-                per_image=per_image,
-                degeneration=degeneration(cands),
-                cost=cost(run.results),
-            )
-        )
+    summaries = [_run_summary(run, *aligned[run.run], boot, notes) for run in group]
     summaries.sort(key=_cider_key)
-
-    names = [r.name for r in summaries]
-    if baseline is not None and baseline in names:
-        base = baseline
-    else:
-        base = default_baseline(summaries)
-        if baseline is not None:
-            notes.append(f"baseline {baseline} is not among these runs; using {base} (the default)")
+    base = _section_baseline(summaries, baseline, notes)
     for r in summaries:
         for m in ALL_METRICS:
             p = boot.p_value(r.name, base, m)
@@ -182,3 +130,66 @@ def analyse_section(
                 r.p[m] = p
     raw_refs = tuple(first.refs[k] for k in order)
     return Section(first.dataset, first.fingerprint, image_ids, raw_refs, summaries, base, notes, boot)
+
+
+def _aligned_run(
+    run: RunData, tokens: dict[str, RunTokens], image_ids: tuple[str, ...], ref_tokens: list[tuple[str, ...]]
+) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+    """The run's tokenized captions in `image_ids` order and its recorded per-image metrics
+    (ROUGE-L recomputed when the run did not record it)."""
+    pos = {image_id: k for k, image_id in enumerate(run.image_ids)}
+    idx = [pos[i] for i in image_ids]
+    cands = tuple(tokens[run.run].captions[k] for k in idx)
+    per_image: dict[str, np.ndarray] = {}
+    for metric in ("METEOR", "ROUGE-L", "CLIPScore", "RefCLIPScore"):
+        values = [run.per_image.get(i, {}).get(metric) for i in image_ids]
+        if all(v is not None for v in values):
+            per_image[metric] = np.asarray(values, dtype=np.float64)
+    if "ROUGE-L" not in per_image:
+        per_image["ROUGE-L"] = rouge_per_image(ref_tokens, cands)
+    return cands, per_image
+
+
+def _run_summary(
+    run: RunData, cands: tuple[str, ...], per_image: dict[str, np.ndarray], boot: BootstrapResult, notes: list[str]
+) -> RunSummary:
+    """One run's values, CIs and diagnostics; a note when its recorded CIDEr/BLEU-4 differ from
+    the recomputed ones."""
+    recomputed = boot.full[run.run]
+    values = {m: run.metrics[m] for m in ALL_METRICS if m in run.metrics}
+    for m in _RECOMPUTED:
+        if m not in values and m in recomputed:
+            values[m] = recomputed[m]
+    mismatched = [
+        m for m in ("CIDEr", "BLEU-4") if m in run.metrics and abs(run.metrics[m] - recomputed[m]) > _MISMATCH_TOL
+    ]
+    if mismatched:
+        m = mismatched[0]
+        notes.append(
+            f"{run.run}: recorded {m} {run.metrics[m]:.6f} differs from {recomputed[m]:.6f} recomputed from its "
+            "predictions (different tokenization?); its CI is around the recomputed value"
+        )
+    ci = {m: iv for m in ALL_METRICS if (iv := boot.ci(run.run, m)) is not None}
+    per_image["CIDEr"] = boot.cider_per_image[run.run]
+    return RunSummary(
+        data=run,
+        tokens=cands,
+        values=values,
+        ci=ci,
+        p={},
+        recomputed=recomputed,
+        per_image=per_image,
+        degeneration=degeneration(cands),
+        cost=cost(run.results),
+    )
+
+
+def _section_baseline(summaries: list[RunSummary], baseline: str | None, notes: list[str]) -> str:
+    """--baseline when it is among the runs, else the default (with a note if one was asked for)."""
+    names = [r.name for r in summaries]
+    if baseline is not None and baseline in names:
+        return baseline
+    base = default_baseline(summaries)
+    if baseline is not None:
+        notes.append(f"baseline {baseline} is not among these runs; using {base} (the default)")
+    return base

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -105,25 +106,33 @@ def build_tiny_llava(
     `corpus`/`vocab_size` choose the tokenizer's training text (the demo passes its prompts and
     captions; the corpus must hold every prompt word, or prompts split into characters).
     """
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from transformers import LlavaForConditionalGeneration
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_llama_tokenizer(corpus=tuple(corpus), vocab_size=vocab_size)
+    processor = _tiny_processor(tokenizer)
+    config = _tiny_config(tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    model.eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def _tiny_processor(tokenizer: Any) -> Any:
+    """llava-hf's LlavaProcessor setup at IMAGE_SIZE pixels."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": IMAGE_SIZE},
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
     )
     # CLIP prepends a CLS token (num_additional_image_tokens=1) that the "default" feature
     # strategy drops again: (32/8)^2 = 16 image tokens per image, as llava-hf configures it.
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=PATCH_SIZE,
@@ -131,6 +140,12 @@ def build_tiny_llava(
         num_additional_image_tokens=1,
         chat_template=LLAVA15_CHAT_TEMPLATE,
     )
+
+
+def _tiny_config(tokenizer: Any) -> Any:
+    """A LlavaConfig of a 2-layer CLIP tower and a 2-layer Llama, sized to the tokenizer."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
     vision = CLIPVisionConfig(
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
@@ -155,7 +170,7 @@ def build_tiny_llava(
         # near-ties that float rounding could flip between batch sizes.
         initializer_range=0.1,
     )
-    config = LlavaConfig(
+    return LlavaConfig(
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
@@ -163,10 +178,3 @@ def build_tiny_llava(
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
-    model.eval()
-    model.save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
-    return out_dir

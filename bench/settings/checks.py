@@ -1,0 +1,148 @@
+"""Checks of a merged setting across keys: value ranges, backends vs prompt, LoRA-only tables.
+
+A failed check blames the most derived file among those that set the keys involved.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import paths
+from bench.config import Setting
+from bench.settings.catalog import backend_catalog, lora_backends, zero_shot_backends
+from bench.settings.schema import (
+    BASE_NAME,
+    KNOWN_METRICS,
+    LORA_ONLY_SECTIONS,
+    Provenance,
+    file_error,
+    file_label,
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    key: str
+    ok: bool
+    message: str
+    related: tuple[str, ...] = ()  # keys whose setting file may be the one at fault instead
+
+
+def range_checks(s: Setting) -> list[Check]:
+    g, lo, t, d, sc = s.generation, s.lora, s.train, s.data, s.scoring
+    return [
+        Check("lora.r", lo.r >= 1, f"must be >= 1 (got {lo.r})"),
+        Check("lora.alpha", lo.alpha > 0, f"must be > 0 (got {lo.alpha})"),
+        Check("lora.dropout", 0 <= lo.dropout < 1, f"must be in [0, 1) (got {lo.dropout})"),
+        Check("lora.targets", bool(lo.targets) and all(lo.targets), "must name a preset ('attn', 'attn_ffn') or modules"),
+        Check("train.epochs", t.epochs >= 1, f"must be >= 1 (got {t.epochs})"),
+        Check("train.lr", t.lr > 0, f"must be > 0 (got {t.lr})"),
+        Check("train.batch_size", t.batch_size >= 1, f"must be >= 1 (got {t.batch_size})"),
+        Check("train.grad_accum", t.grad_accum >= 1, f"must be >= 1 (got {t.grad_accum})"),
+        Check("train.warmup_ratio", 0 <= t.warmup_ratio < 1, f"must be in [0, 1) (got {t.warmup_ratio})"),
+        Check("train.weight_decay", t.weight_decay >= 0, f"must be >= 0 (got {t.weight_decay})"),
+        Check("train.max_grad_norm", t.max_grad_norm > 0, f"must be > 0 (got {t.max_grad_norm})"),
+        Check("train.train_size", t.train_size is None or t.train_size >= 1, f"must be >= 1 (got {t.train_size})"),
+        Check("generation.num_beams", g.num_beams >= 1, f"must be >= 1 (got {g.num_beams})"),
+        Check(
+            "generation.num_beams",
+            g.strategy != "beam" or g.num_beams >= 2,
+            f"must be >= 2 with strategy = 'beam' (got {g.num_beams})",
+            ("generation.strategy",),
+        ),
+        Check(
+            "generation.num_beams",
+            g.strategy != "greedy" or g.num_beams == 1,
+            f"must be 1 with strategy = 'greedy' (got {g.num_beams}); set strategy = 'beam'",
+            ("generation.strategy",),
+        ),
+        Check("generation.max_new_tokens", g.max_new_tokens >= 1, f"must be >= 1 (got {g.max_new_tokens})"),
+        Check(
+            "generation.no_repeat_ngram_size",
+            g.no_repeat_ngram_size >= 0,
+            f"must be >= 0 (got {g.no_repeat_ngram_size})",
+        ),
+        Check(
+            "generation.repetition_penalty",
+            g.repetition_penalty > 0,
+            f"must be > 0 (got {g.repetition_penalty})",
+        ),
+        Check("generation.batch_size", g.batch_size >= 1, f"must be >= 1 (got {g.batch_size})"),
+        Check("data.dataset", bool(d.dataset.strip()), "must not be empty"),
+        Check("data.limit", d.limit is None or d.limit >= 1, f"must be >= 1 (got {d.limit})"),
+        Check("scoring.clip_batch_size", sc.clip_batch_size >= 1, f"must be >= 1 (got {sc.clip_batch_size})"),
+        Check(
+            "scoring.metrics",
+            bool(sc.metrics) and all(m in KNOWN_METRICS for m in sc.metrics),
+            f"must be a non-empty list of {', '.join(KNOWN_METRICS)} (got {list(sc.metrics)})",
+        ),
+        Check("scoring.clip_model", bool(sc.clip_model.strip()), "must not be empty"),
+        Check("seed", s.seed >= 0, f"must be >= 0 (got {s.seed})"),
+    ]
+
+
+def prompt_names() -> list[str]:
+    # Names only: one bad prompt file must not make every setting fail to load.
+    return sorted(p.stem for p in paths.prompts_dir().glob("*.toml"))
+
+
+def check_prompt(name: str, label: str) -> None:
+    known = prompt_names()
+    if name not in known and not Path(paths.expand(name)).is_file():
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(known) or 'none'})"
+        raise file_error(label, f"prompt: unknown prompt {name!r}{hint}")
+    from bench.prompts import load_prompt
+
+    load_prompt(name)  # a bad prompt file raises its own one-line error naming that file
+
+
+def semantic_checks(merged: dict[str, Any], prov: Provenance, label: str) -> tuple[str, ...]:
+    """Checks across keys; returns the setting's backends."""
+    catalog = backend_catalog()
+
+    def where(key: str) -> str:
+        return prov.get(key, label)
+
+    prompt = merged.get("prompt")
+    if "backends" in merged:
+        backends = merged["backends"]
+        if not backends:
+            raise file_error(where("backends"), "backends must name at least one backend")
+        for b in backends:
+            if b not in catalog:
+                close = difflib.get_close_matches(b, list(catalog), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise file_error(
+                    where("backends"), f"backends: unknown backend {b!r}{hint} (available: {', '.join(sorted(catalog))})"
+                )
+        if len(set(backends)) != len(backends):
+            raise file_error(where("backends"), f"backends lists a backend twice ({backends})")
+        backends = tuple(backends)
+    else:
+        backends = zero_shot_backends() if prompt else lora_backends()
+        if not backends:
+            raise file_error(label, "backends: no backend is available for this kind of setting")
+    zero_shot = [b for b in backends if not catalog[b].supports_lora]
+    lora = [b for b in backends if catalog[b].supports_lora]
+    if zero_shot and not prompt:
+        raise file_error(where("backends"), f"backend {zero_shot[0]!r} is zero-shot and needs a prompt (prompt = \"<name>\")")
+    if prompt and not zero_shot:
+        raise file_error(where("prompt"), f"prompt: backends {', '.join(lora)} take no prompt (only zero-shot backends do)")
+    if not lora:
+        base_label = file_label(paths.settings_dir() / f"{BASE_NAME}.toml")
+        for key, source in prov.items():
+            if key.split(".")[0] in LORA_ONLY_SECTIONS and "." in key and source != base_label:
+                raise file_error(source, f"{key} applies only to LoRA backends; {', '.join(zero_shot)} is zero-shot")
+    return backends
+
+
+def blame(check: Check, prov: Provenance, order: list[str], label: str) -> str:
+    """The most derived file among those that set the keys of a failed check."""
+    setters = [prov[k] for k in (check.key, *check.related) if k in prov]
+    if not setters:
+        return label
+    return max(setters, key=lambda f: order.index(f) if f in order else len(order))

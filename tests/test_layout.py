@@ -1,0 +1,320 @@
+"""House rules of the code base, checked on the source with `ast` (nothing is imported):
+
+(a) every module under bench/ has at most 400 lines and every function or method at most 60
+    (from its `def` line to its last line, decorators not counted);
+(b) no import cycle among bench.* modules, counting module-level and function-level (lazy)
+    imports alike, each resolved to the module it loads.
+
+Exceptions are listed below, each with its reason. Entries marked "pending" are files another
+part of issue 12 is reworking: remove each entry when its file complies (a test fails on an
+entry that no longer matches anything, so the lists only shrink).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = "bench"
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+# path (relative to the repo) -> why it may exceed MAX_MODULE_LINES.
+MODULE_ALLOW: dict[str, str] = {
+    "bench/runs.py": "pending: issue 12 item 1 splits it into the bench/runs/ package (lead)",
+    "bench/training.py": "pending: issue 12 item 4 (lead)",
+    "bench/backends/_lora.py": "pending: issue 12 item 3, backends on the model-source module (lead)",
+    "bench/backends/llava.py": "pending: issue 12 item 3, backends on the model-source module (lead)",
+    "bench/data/refs.py": "pending: issue 12 item 4 in bench/data/ (its owner)",
+    "bench/report/bootstrap.py": "pending: issue 12 item 4 in bench/report/bootstrap.py (its owner)",
+}
+
+# "path::qualified.name" -> why the function may exceed MAX_FUNCTION_LINES.
+FUNCTION_ALLOW: dict[str, str] = {
+    "bench/training.py::train": "pending: issue 12 item 4, the training loop (lead)",
+    "bench/runs.py::execute_plan": "pending: issue 12 item 1 (lead)",
+    "bench/runs.py::record_external_run": "pending: issue 12 item 1 (lead)",
+    "bench/captioning.py::caption_samples": "pending: issue 12 items 2 and 4 (lead)",
+    "bench/backends/clip_flan_t5.py::ClipFlanT5Captioner.generate_with_attention": "pending: issue 12 item 3 (lead)",
+    "bench/backends/llava.py::LlavaCaptioner.generate_with_attention": "pending: issue 12 item 3 (lead)",
+    "bench/report/bootstrap.py::ref_tables": "pending: issue 12 item 4 in bench/report/bootstrap.py (its owner)",
+}
+
+# Sets of modules that import each other -> why the cycle is tolerated for now.
+KNOWN_CYCLES: dict[frozenset[str], str] = {
+    frozenset({"bench.captioning", "bench.distributed"}): "pending: issue 12 item 2 (lead)",
+}
+
+
+# --- the checkers --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LongFunction:
+    path: str
+    name: str  # qualified: Class.method, outer.inner
+    lines: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.path}::{self.name}"
+
+
+def module_name(path: Path, root: Path) -> str:
+    """bench/x/__init__.py -> bench.x, bench/x/y.py -> bench.x.y (root holds the package folder)."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def source_files(root: Path, package: str = PACKAGE) -> list[Path]:
+    return sorted((root / package).rglob("*.py"))
+
+
+def long_functions(source: str, path: str, limit: int = MAX_FUNCTION_LINES) -> list[LongFunction]:
+    """Functions and methods (nested ones too) longer than `limit` lines."""
+    found: list[LongFunction] = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = f"{prefix}{child.name}"
+                size = child.end_lineno - child.lineno + 1
+                if size > limit:
+                    found.append(LongFunction(path, name, size))
+                visit(child, f"{name}.")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(source), "")
+    return found
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
+
+
+def imported_modules(source: str, module: str, is_package: bool, known: set[str]) -> set[str]:
+    """The bench.* modules that running `module` can import, wherever the import statement is.
+
+    `import a.b.c` loads the longest known module of that dotted name; `from a.b import c` loads
+    a.b.c when c is a module, else a.b (a package: its __init__). Imports under
+    `if TYPE_CHECKING:` never run and are left out; `importlib.import_module` calls are not seen.
+    """
+    found: set[str] = set()
+
+    def resolve(dotted: str) -> str | None:
+        while dotted and dotted not in known:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    def visit(node: ast.AST) -> None:
+        if _is_type_checking_block(node):
+            for statement in node.orelse:  # only the else branch runs
+                visit(statement)
+            return
+        if isinstance(node, ast.Import):
+            found.update(m for a in node.names if (m := resolve(a.name)))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the module's own package upwards
+                package = module if is_package else module.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    package = package.rpartition(".")[0]
+                base = f"{package}.{base}" if base else package
+            for alias in node.names:
+                target = resolve(f"{base}.{alias.name}") if f"{base}.{alias.name}" in known else resolve(base)
+                if target:
+                    found.add(target)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(source))
+    found.discard(module)
+    return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
+
+
+def import_graph(root: Path, package: str = PACKAGE) -> dict[str, set[str]]:
+    files = {module_name(p, root): p for p in source_files(root, package)}
+    known = set(files)
+    return {
+        name: imported_modules(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", known)
+        for name, path in files.items()
+    }
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """Tarjan's algorithm: the groups of modules that import each other, directly or not."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[frozenset[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(frozenset(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return groups
+
+
+def cycle_path(graph: dict[str, set[str]], group: frozenset[str]) -> list[str]:
+    """One concrete cycle inside a strongly connected group: [a, b, ..., a]."""
+    start = min(group)
+    paths = {start: [start]}
+    queue = [start]
+    while queue:  # breadth first: the shortest way back to `start`
+        v = queue.pop(0)
+        for w in sorted(graph[v] & group):
+            if w == start:
+                return [*paths[v], start]
+            if w not in paths:
+                paths[w] = [*paths[v], w]
+                queue.append(w)
+    raise AssertionError(f"{sorted(group)} is not strongly connected")
+
+
+def size_offenders(root: Path) -> tuple[dict[str, int], list[LongFunction]]:
+    modules: dict[str, int] = {}
+    functions: list[LongFunction] = []
+    for path in source_files(root):
+        rel = path.relative_to(root).as_posix()
+        text = path.read_text(encoding="utf-8")
+        n_lines = len(text.splitlines())
+        if n_lines > MAX_MODULE_LINES:
+            modules[rel] = n_lines
+        functions += long_functions(text, rel)
+    return modules, functions
+
+
+# --- the rules on this repository ----------------------------------------------------------------
+
+def test_modules_and_functions_are_short() -> None:
+    modules, functions = size_offenders(REPO)
+    bad = [f"{p}: {n} lines (max {MAX_MODULE_LINES})" for p, n in modules.items() if p not in MODULE_ALLOW]
+    bad += [f"{f.key}: {f.lines} lines (max {MAX_FUNCTION_LINES})" for f in functions if f.key not in FUNCTION_ALLOW]
+    print("\n".join(["over the limits (allowed or not):"]
+                    + [f"  {p}: {n} lines" for p, n in modules.items()]
+                    + [f"  {f.key}: {f.lines} lines" for f in functions]))
+    assert not bad, "too long (split them, or add an allow-list entry saying why):\n" + "\n".join(bad)
+
+
+def test_no_import_cycle() -> None:
+    graph = import_graph(REPO)
+    found = strongly_connected(graph)
+    for group in found:
+        print(f"import cycle: {' -> '.join(cycle_path(graph, group))}"
+              + (" (known)" if group in KNOWN_CYCLES else ""))
+    bad = [" -> ".join(cycle_path(graph, g)) for g in found if g not in KNOWN_CYCLES]
+    assert not bad, "import cycles among bench modules:\n" + "\n".join(bad)
+
+
+def test_allow_lists_name_only_current_offenders() -> None:
+    """An entry whose file got short, or whose cycle is gone, must be removed: the lists only shrink."""
+    modules, functions = size_offenders(REPO)
+    cycles = set(strongly_connected(import_graph(REPO)))
+    stale = [p for p in MODULE_ALLOW if p not in modules]
+    stale += [k for k in FUNCTION_ALLOW if k not in {f.key for f in functions}]
+    stale += [" <-> ".join(sorted(c)) for c in KNOWN_CYCLES if c not in cycles]
+    assert not stale, "allow-list entries that no longer apply (remove them):\n" + "\n".join(stale)
+
+
+# --- the checkers on synthetic sources -----------------------------------------------------------
+
+def _function(name: str, body_lines: int, indent: str = "") -> str:
+    return f"{indent}def {name}():\n" + "".join(f"{indent}    x = {k}\n" for k in range(body_lines))
+
+
+def test_long_functions_counts_def_to_last_line_for_methods_and_nested_functions() -> None:
+    source = (
+        _function("fits", MAX_FUNCTION_LINES - 1)  # def line + 59 = 60 lines
+        + _function("too_long", MAX_FUNCTION_LINES)  # 61 lines
+        + "class C:\n" + _function("method", MAX_FUNCTION_LINES + 5, "    ")
+        + "def outer():\n" + _function("inner", MAX_FUNCTION_LINES, "    ")
+    )
+    found = {f.name: f.lines for f in long_functions(source, "x.py")}
+    assert found == {
+        "too_long": MAX_FUNCTION_LINES + 1,
+        "C.method": MAX_FUNCTION_LINES + 6,
+        "outer": MAX_FUNCTION_LINES + 2,
+        "outer.inner": MAX_FUNCTION_LINES + 1,
+    }
+
+
+def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path
+
+
+def test_a_lazy_import_closes_a_cycle(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {
+        "bench/__init__.py": "",
+        "bench/a.py": "from bench.b import thing\n",
+        "bench/b.py": "def thing():\n    from bench import a\n    return a\n",
+        "bench/c.py": "import bench.a\n",
+    })
+    graph = import_graph(root)
+    assert graph == {"bench": set(), "bench.a": {"bench.b"}, "bench.b": {"bench.a"}, "bench.c": {"bench.a"}}
+    groups = strongly_connected(graph)
+    assert groups == [frozenset({"bench.a", "bench.b"})]
+    assert cycle_path(graph, groups[0]) == ["bench.a", "bench.b", "bench.a"]
+
+
+def test_imports_resolve_to_submodules_or_the_package_init(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {
+        "bench/__init__.py": "",
+        "bench/pkg/__init__.py": "from bench.pkg.sub import f\nVALUE = 1\n",
+        "bench/pkg/sub.py": "def f():\n    from bench.pkg import VALUE\n    return VALUE\n",
+        "bench/pkg/other.py": "from bench.pkg import sub\nfrom . import sub as again\nfrom .sub import f\n",
+        "bench/typed.py": (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from bench.pkg import sub\n"
+            "else:\n    import bench.pkg.other\n"
+        ),
+        "bench/user.py": "import os\nimport bench.pkg.sub.f_missing\nfrom bench import pkg\n",
+    })
+    graph = import_graph(root)
+    assert graph["bench.pkg.other"] == {"bench.pkg.sub"}  # `sub` is a module: not the package's __init__
+    assert graph["bench.pkg.sub"] == {"bench.pkg"}  # VALUE is a name: the package's __init__
+    assert graph["bench.typed"] == {"bench.pkg.other"}  # TYPE_CHECKING imports never run
+    assert graph["bench.user"] == {"bench.pkg.sub", "bench.pkg"}
+    assert strongly_connected(graph) == [frozenset({"bench.pkg", "bench.pkg.sub"})]
+
+
+@pytest.mark.parametrize("lines, over", [(MAX_MODULE_LINES, False), (MAX_MODULE_LINES + 1, True)])
+def test_module_size_limit(tmp_path: Path, lines: int, over: bool) -> None:
+    root = _tree(tmp_path, {"bench/__init__.py": "", "bench/big.py": "x = 1\n" * lines})
+    modules, _ = size_offenders(root)
+    assert modules == ({"bench/big.py": lines} if over else {})
