@@ -197,3 +197,22 @@ def square_grid(n: int, what: str) -> tuple[int, int]:
     if side * side != n:
         raise BenchError(f"{what}: {n} image positions do not form a square patch grid")
     return side, side
+
+
+def trace_of(
+    tokenizer: Any, caption: str, ids: Sequence[int], maps: Sequence[torch.Tensor], mass: Sequence[float],
+    grid: tuple[int, int], source: str, positions: str,
+) -> CapturedTrace:
+    """The trace of one caption, special tokens (eos, pad, ...) left out of the panels."""
+    special = set(tokenizer.all_special_ids)
+    keep = [k for k, t in enumerate(ids) if t not in special]
+    return CapturedTrace(
+        caption=caption,
+        tokens=token_strings(tokenizer, [ids[k] for k in keep]),
+        maps=[maps[k] for k in keep],
+        grid=grid,
+        token_ids=[ids[k] for k in keep],
+        source=source,
+        image_mass=[mass[k] for k in keep],
+        positions=positions,
+    )

@@ -174,8 +174,7 @@ class ClipFlanT5Captioner(PixelLoraCaptioner):
         renormalised over the patches. `batch["captions"]` (optional): trace those texts.
         """
         from bench.backends._attention import (
-            CapturedTrace, captions_of, choose_tokens, cut_at_eos, eager_attention, one_line, token_strings,
-            trace_forward,
+            captions_of, choose_tokens, cut_at_eos, eager_attention, one_line, trace_forward, trace_of,
         )
 
         self.model.eval()
@@ -190,7 +189,6 @@ class ClipFlanT5Captioner(PixelLoraCaptioner):
         t5 = self.model.t5
         start = int(t5.config.decoder_start_token_id)
         stop = {int(self.tokenizer.eos_token_id), int(self.tokenizer.pad_token_id)}
-        special = set(self.tokenizer.all_special_ids)
         layers = [block.layer[1].EncDecAttention for block in t5.decoder.block]
 
         def decode(ids: Sequence[int]) -> str:
@@ -216,19 +214,9 @@ class ClipFlanT5Captioner(PixelLoraCaptioner):
                     maps, mass = trace_forward(
                         lambda: forward(i, inputs), layers, -1, slice(None), slice(1, 1 + n_patches), 1 + n_patches
                     )
-            keep = [k for k, t in enumerate(ids) if t not in special]
-            traces.append(
-                CapturedTrace(
-                    caption=captions[i] if captions[i] is not None else decode(ids),
-                    tokens=token_strings(self.tokenizer, [ids[k] for k in keep]),
-                    maps=[maps[k] for k in keep],
-                    grid=(side, side),
-                    token_ids=[ids[k] for k in keep],
-                    source=source,
-                    image_mass=[mass[k] for k in keep],
-                    positions=f"T5 cross-attention over {n_patches} projected CLIP patches (CLS dropped, renormalised)",
-                )
-            )
+            caption = captions[i] if captions[i] is not None else decode(ids)
+            where = f"T5 cross-attention over {n_patches} projected CLIP patches (CLS dropped, renormalised)"
+            traces.append(trace_of(self.tokenizer, caption, ids, maps, mass, (side, side), source, where))
         return traces
 
     # --- LoRA training -------------------------------------------------------------------------

@@ -108,7 +108,7 @@ class VitGpt2Captioner(PixelLoraCaptioner):
         The ViT's CLS position is dropped and each row renormalised over the patches.
         """
         from bench.backends._attention import (
-            CapturedTrace, captions_of, choose_tokens, cut_at_eos, eager_attention, one_line, token_strings,
+            captions_of, choose_tokens, cut_at_eos, eager_attention, one_line, trace_of,
             trace_forward,
         )
 
@@ -122,7 +122,6 @@ class VitGpt2Captioner(PixelLoraCaptioner):
         n_patches = grid[0] * grid[1]
         start = int(self.model.config.decoder_start_token_id)
         stop = {int(self.tokenizer.eos_token_id), int(self.model.config.pad_token_id)}
-        special = set(self.tokenizer.all_special_ids)
         layers = [block.crossattention for block in self.model.decoder.transformer.h]
 
         def decode(ids: Sequence[int]) -> str:
@@ -144,19 +143,9 @@ class VitGpt2Captioner(PixelLoraCaptioner):
                         lambda: self.model(pixel_values=pixel_values[i : i + 1], decoder_input_ids=inputs),
                         layers, 1, slice(None), slice(1, 1 + n_patches), 1 + n_patches,  # ViT: CLS first
                     )
-            keep = [k for k, t in enumerate(ids) if t not in special]
-            traces.append(
-                CapturedTrace(
-                    caption=captions[i] if captions[i] is not None else decode(ids),
-                    tokens=token_strings(self.tokenizer, [ids[k] for k in keep]),
-                    maps=[maps[k] for k in keep],
-                    grid=grid,
-                    token_ids=[ids[k] for k in keep],
-                    source=source,
-                    image_mass=[mass[k] for k in keep],
-                    positions=f"GPT-2 cross-attention over {n_patches} ViT patches (CLS dropped, renormalised)",
-                )
-            )
+            caption = captions[i] if captions[i] is not None else decode(ids)
+            where = f"GPT-2 cross-attention over {n_patches} ViT patches (CLS dropped, renormalised)"
+            traces.append(trace_of(self.tokenizer, caption, ids, maps, mass, grid, source, where))
         return traces
 
     # --- LoRA training -------------------------------------------------------------------------
