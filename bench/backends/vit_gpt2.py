@@ -94,6 +94,7 @@ class VitGpt2Captioner(PixelLoraCaptioner):
 
     # --- captioning ----------------------------------------------------------------------------
     @torch.inference_mode()
+    @torch.inference_mode()  # as a bare script would: no autograd bookkeeping while generating
     def generate(self, batch: Batch, gen: GenerationConfig) -> list[str]:
         self.model.eval()
         pixel_values = batch["pixel_values"].to(self.device, dtype=self.model.dtype, non_blocking=True)
