@@ -44,7 +44,7 @@ METRIC_KEYS: tuple[str, ...] = (
 RUN_FILES: tuple[str, ...] = (
     "results.json", "metrics.json", "predictions.jsonl", "run_state.json", "split.json", "config.json",
 )
-RUN_DIRS: tuple[str, ...] = ("train", "attend")  # attend/: figures of this run's model (bench attend)
+RUN_DIRS: tuple[str, ...] = ("train", "attend", "tracking")  # attend/: bench attend; tracking/: --log-with
 VERSIONED_PACKAGES: tuple[str, ...] = (
     "torch", "transformers", "peft", "accelerate", "bitsandbytes", "pycocoevalcap", "safetensors", "tokenizers",
 )
@@ -393,7 +393,7 @@ def _blame(source: str) -> Iterator[None]:
 
 
 def _load_captioner(
-    plan: RunPlan, device: Any, console: Any, progress: bool, num_workers: int, dist: Dist = SINGLE
+    plan: RunPlan, device: Any, console: Any, progress: bool, num_workers: int, dist: Dist = SINGLE, trackers: Any = None
 ) -> tuple[Any, dict[str, Any] | None]:
     """Load the backend (and train LoRA, resuming); returns (captioner, training figures)."""
     import torch
@@ -417,7 +417,7 @@ def _load_captioner(
     _say(console, f"training LoRA r={setting.lora.r} for {setting.train.epochs} epoch(s) on {len(pairs)} pairs")
     result = train(
         captioner, pairs, setting.train, plan.run_dir / "train", setting.seed, device,
-        progress=progress, num_workers=num_workers, dist=dist,
+        progress=progress, num_workers=num_workers, dist=dist, trackers=trackers,
     )
     trainable, total = int(result.trainable), int(result.total)
     return captioner, {
@@ -636,6 +636,7 @@ def execute_plan(
     console: Any = None,
     dist: Dist | None = None,
     scorers: ScorerPool | None = None,
+    log_with: Sequence[str] = (),
 ) -> RunResult:
     """Train (LoRA), caption and score one run, or answer from its finished results.
 
@@ -659,6 +660,12 @@ def execute_plan(
             return RunResult(run_dir=run_dir, results=cached, cached=True)
         state: dict[str, Any] = dist.on_main(lambda: _start_run(plan, force))
         state_path = run_dir / "run_state.json"
+        trackers = None
+        if log_with and dist.is_main:  # --log-with: rank 0 logs (bench.tracking)
+            from bench.tracking import Trackers
+
+            trackers = Trackers.start(run_dir, plan.config, log_with, name=plan.name)
+            stack.callback(trackers.finish)
 
         # Heavy imports only from here on: the cache-hit path above stays torch-free.
         from bench.captioning import caption_samples
@@ -668,7 +675,7 @@ def execute_plan(
         # Workers decode images while the model runs: leave them their cores (CPU only).
         with cpu_threads(dev, num_workers, dist.world_size):
             if missing or (plan.kind == "lora" and "train" not in state):
-                captioner, train_info = _load_captioner(plan, dev, console, progress, num_workers, dist)
+                captioner, train_info = _load_captioner(plan, dev, console, progress, num_workers, dist, trackers)
                 if train_info is not None and "train" not in state:  # a resumed run keeps the first record
                     state["train"] = train_info
                     dist.on_main(lambda: atomic_write_json(state_path, state))
@@ -704,6 +711,10 @@ def execute_plan(
             return results
 
         results = dist.on_main(finish)
+        if trackers is not None:
+            from bench.tracking import run_outputs
+
+            trackers.log_results(*run_outputs(run_dir, plan.samples))
         return RunResult(run_dir=run_dir, results=results, cached=False)
 
 

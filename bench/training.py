@@ -354,6 +354,7 @@ def train(
     progress: bool = True,
     num_workers: int | None = None,
     dist: Dist = SINGLE,
+    trackers: Any = None,  # bench.tracking.Trackers (rank 0) or None
 ) -> TrainResult:
     """Fine-tune the captioner's LoRA adapter on (sample, caption) pairs; resumable, see module doc.
 
@@ -475,6 +476,8 @@ def train(
                 step += 1
                 rows.append({"step": step, "epoch": epoch, "loss": value, "lr": lr})
                 epoch_losses.append(value)
+                if trackers is not None:
+                    trackers.log_train(step, value, lr)
                 bar.update(task, advance=1, epoch=epoch, loss=f"{value:.4f}")
                 group_loss.zero_()
                 if time.perf_counter() - curve_written > CURVE_EVERY_S:
@@ -493,6 +496,8 @@ def train(
                 _save_epoch(captioner, adapter_root, epoch, optimizer, scheduler, scaler, state)
                 atomic_write_json(out_dir / "state.json", state)
                 _write_curve(out_dir, rows, plot=True)
+                if trackers is not None:
+                    trackers.log_epoch(epoch, step, final_loss, train_s)
             dist.barrier()  # no rank runs ahead of a checkpoint it may have to resume from
 
     return TrainResult(
