@@ -206,6 +206,7 @@ def test_image_paths_outside_the_dataset_folder_are_refused(tmp_path: Path, shar
 def small_parquet(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     folder = tmp_path_factory.mktemp("small-hf")
     list_layout(shared_data, 3).to_parquet(str(folder / "s.parquet"))
+    list_layout(shared_data, 3).save_to_disk(str(folder / "disk"))
     return folder
 
 
@@ -216,6 +217,7 @@ def small_parquet(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -
     ('path = "s.parquet"\ncaption_column = "image"', "key 'hf.caption_column': column 'image' must be a string or a list of strings, got an Image feature"),
     ('path = "s.parquet"\ncaption_column = "captions"\nsplit = "validation"', "key 'hf.split'"),
     ('path = "missing.parquet"\ncaption_column = "captions"', "key 'hf.path': no such file or folder"),
+    ('path = "disk"\ncaption_column = "captions"\nsplit = "test"', "key 'hf.split': no split 'test': disk is a single split (unnamed)"),
     ('path = "s.parquet"\ncaption_column = "captions"\ncolour = "red"', "unknown key 'hf.colour'"),
 ])
 def test_bad_declarations_are_one_line_errors(small_parquet: Path, hf: str, expected: str) -> None:

@@ -116,6 +116,8 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
 
     if constants.HF_HUB_OFFLINE:
         return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return True  # behind a proxy a direct probe says nothing
     url = urlparse(constants.ENDPOINT)
     try:
         socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout_s).close()
@@ -127,6 +129,9 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
 def _pick_split(source: HFSource, loaded: Any) -> Any:
     """A Dataset from what datasets returned: a DatasetDict needs `split` unless it has one."""
     if not hasattr(loaded, "keys"):
+        own = getattr(loaded, "split", None)  # a save_to_disk Dataset is one split (or none)
+        if source.split and str(own) != source.split:
+            raise source.fail("split", f"no split {source.split!r}: {source.path} is a single split ({own or 'unnamed'}); remove hf.split")
         return loaded
     names = list(loaded.keys())
     wanted = source.split or (names[0] if len(names) == 1 else None)
