@@ -64,6 +64,8 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no test may reach the hub
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    # datasets converts parquet into its own Arrow cache: keep it in the test's folder, not ~/.cache
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
     return tmp_path / "cache"
 
 
@@ -243,7 +245,6 @@ def test_undecodable_image_bytes_name_the_row_and_the_column(tmp_path: Path, sha
 
 
 def test_hub_id_offline_and_not_cached_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
     toml = write_toml(tmp_path, "hub", 'path = "nobody/no-such-captions"\nsplit = "test"')
     with pytest.raises(BenchError, match=r"key 'hf.path': hub dataset 'nobody/no-such-captions' is not in the local Hugging Face cache and the hub is unreachable"):
         load_dataset(toml)
@@ -283,7 +284,8 @@ def test_bench_run_on_parquet_matches_the_csv_run(flickr_hf: Path, shared_data: 
     outputs = {}
     for label, data in (("csv", FLICKR_TOML), ("parquet", parquet)):
         env = {**os.environ, "BENCH_RUNS": str(tmp_path / label / "runs"), "BENCH_CACHE": str(tmp_path / label / "cache"),
-               "BENCH_SHARED_DATA": str(shared_data), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+               "BENCH_SHARED_DATA": str(shared_data), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+               "HF_DATASETS_CACHE": str(tmp_path / label / "hf-datasets")}
         proc = subprocess.run([sys.executable, "-m", "bench", "run", "--setting", str(setting), "--data", str(data),
                                "--limit", "8", "--workers", "1", "--no-progress"],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
