@@ -281,6 +281,16 @@ def _start_optimization(captioner: Captioner, cfg: TrainConfig, n_pairs: int, de
     return opt
 
 
+def _end_epoch(captioner: Captioner, out_dir: Path, epoch: int, opt: _Optimization, state: dict[str, Any],
+               trackers: Any) -> None:
+    """Rank 0 after every epoch: the checkpoint (atomic), state.json, the loss curve, the trackers."""
+    save_epoch(captioner, out_dir / "adapter", epoch, opt.optimizer, opt.scheduler, opt.scaler, state)
+    atomic_write_json(out_dir / "state.json", state)
+    write_curve(out_dir, state["rows"], plot=True)
+    if trackers is not None:
+        trackers.log_epoch(epoch, opt.step, state["final_loss"], state["train_s"])
+
+
 def train(
     captioner: Captioner,
     pairs: Sequence[tuple[Sample, str]],
@@ -291,6 +301,7 @@ def train(
     progress: bool = True,
     num_workers: int | None = None,
     dist: Dist = SINGLE,
+    trackers: Any = None,  # bench.tracking.Trackers (rank 0 of a --log-with run) or None
 ) -> TrainResult:
     """Fine-tune the captioner's LoRA adapter on (sample, caption) pairs; resumable, see module doc.
 
@@ -324,7 +335,7 @@ def train(
     collate, started, final_loss = captioner.train_collate(), time.perf_counter(), None
     with _progress(progress) as bar:
         task = bar.add_task("train", total=(cfg.epochs - start_epoch) * opt.batches_per_epoch, epoch=start_epoch + 1, loss="-")
-        curve = _CurveWriter(out_dir, rows, bar, task, dist.is_main)
+        curve = _CurveWriter(out_dir, rows, bar, task, dist.is_main, trackers)
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             loader = _epoch_loader(pairs, collate, cfg, seed, epoch, num_workers, device, parallel)
             module.train()
@@ -338,9 +349,7 @@ def train(
                 "config": fingerprint, "rows": rows, "processes": dist.world_size,
             }
             if dist.is_main:
-                save_epoch(captioner, adapter_root, epoch, opt.optimizer, opt.scheduler, opt.scaler, state)
-                atomic_write_json(out_dir / "state.json", state)
-                write_curve(out_dir, rows, plot=True)
+                _end_epoch(captioner, out_dir, epoch, opt, state, trackers)
             dist.barrier()  # no rank runs ahead of a checkpoint it may have to resume from
     return TrainResult(
         cfg.epochs, opt.step, final_loss, train_s_before + time.perf_counter() - started, start_epoch, trainable, total
@@ -356,6 +365,7 @@ class _CurveWriter:
     bar: Any
     task: Any
     writes: bool
+    trackers: Any = None  # --log-with: every optimizer step's row goes to them too
     written_at: float = dataclasses.field(default_factory=time.perf_counter)
 
     def on_batch(self, epoch: int) -> Any:
@@ -364,6 +374,9 @@ class _CurveWriter:
                 self.bar.advance(self.task)
                 return
             self.bar.update(self.task, advance=1, epoch=epoch, loss=f"{loss:.4f}")
+            if self.trackers is not None:
+                row = self.rows[-1]
+                self.trackers.log_train(row["step"], row["loss"], row["lr"])
             if self.writes and time.perf_counter() - self.written_at > CURVE_EVERY_S:
                 write_curve(self.out_dir, self.rows, plot=False)
                 self.written_at = time.perf_counter()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from bench.data.types import Sample
 
 app = typer.Typer(help="Dataset utilities: generate the synthetic demo dataset, inspect splits.", no_args_is_help=True)
 
@@ -34,6 +38,7 @@ def synth(
 def info(
     dataset: Annotated[str, typer.Argument(help="A datasets/*.toml name or a path to one.")],
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N validation images.")] = None,
+    rows_shown: Annotated[int, typer.Option("--rows", min=0, help="How many images (id, file, references) to print.")] = 3,
 ) -> None:
     """Show a dataset: images, references, train/val sizes, the val fingerprint, missing images."""
     from bench.data import fingerprint, load_dataset, partition
@@ -66,4 +71,16 @@ def info(
     for key, value in rows:
         table.add_row(key, escape(value))
     table.add_row("missing images", f"[red]{missing}[/]" if missing else "0")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(_first_rows(ds.samples, rows_shown))
+
+
+def _first_rows(samples: Sequence[Sample], count: int) -> Table:
+    """The first few images as bench sees them: id, image file, number of references, the first."""
+    table = Table(title=f"first {min(count, len(samples))} of {len(samples)} images", title_justify="left")
+    for column in ("image_id", "image file", "refs", "first reference"):
+        table.add_column(column, overflow="fold")
+    for s in samples[:count]:
+        table.add_row(escape(s.image_id), escape(s.path.name), str(len(s.refs)), escape(s.refs[0]))
+    return table

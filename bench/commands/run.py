@@ -115,6 +115,8 @@ def run(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
     workers: Annotated[int, typer.Option("--workers", help="DataLoader workers decoding images.")] = 2,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    log_with: Annotated[list[str] | None, typer.Option(
+        "--log-with", help="Also log to tensorboard, wandb, mlflow or trackio (repeatable; offline by default).")] = None,
 ) -> None:
     """Train (LoRA backends), caption the validation split and score it; cached when done."""
     from bench.distributed import is_main_process
@@ -127,6 +129,9 @@ def run(
         raise BenchError(f"--limit must be >= 1 (got {limit})")
     if workers < 0:
         raise BenchError(f"--workers must be >= 0 (got {workers})")
+    from bench.tracking import check_trackers
+
+    trackers = check_trackers(log_with or [])  # a missing extra fails before any work
     plans = _plans(_settings_for(setting, prompt, group), backend, data, limit)
     done = []
     with ScorerPool() as scorers:  # CLIP and the METEOR JVM load once for all the runs of this command
@@ -137,7 +142,7 @@ def run(
                 console.print(f"[dim]{escape(s.description)}[/]")
             result = execute_plan(
                 plan, force=force, device=device, progress=progress, num_workers=workers, console=console,
-                scorers=scorers,
+                scorers=scorers, log_with=trackers,
             )
             if result.cached:
                 console.print(

@@ -5,7 +5,7 @@ A declaration names the annotations, the images folder and how the validation sp
     description = "..."
     annotations = "${BENCH_SHARED_DATA}/flickr8k-1k/captions.txt"
     images = "${BENCH_SHARED_DATA}/flickr8k-1k/images"
-    format = "auto"                    # see bench.data.refs.FORMATS
+    format = "auto"                    # see bench.data.refs.FORMATS; "hf" + an [hf] table: bench.data.hf
     generator = { variant = "target", n = 600, seed = 0 }   # optional: built-in synthetic data
     [split]
     val_size = 500                     # a seeded split of this size (with seed = ...), or
@@ -35,6 +35,7 @@ from bench.paths import datasets_dir, expand
 
 _TOP_KEYS: dict[str, type] = {
     "description": str, "annotations": str, "images": str, "format": str, "split": dict, "generator": dict,
+    "hf": dict,
 }
 _SPLIT_KEYS: dict[str, type] = {"val_size": int, "seed": int, "val_ids": str, "karpathy_split": str}
 _GENERATOR_KEYS: dict[str, type] = {"variant": str, "n": int, "seed": int, "size": int}
@@ -161,6 +162,8 @@ def load_dataset(name_or_path: str | Path, *, progress: bool = True) -> CaptionD
     except tomllib.TOMLDecodeError as exc:
         raise BenchError(f"{src}: invalid TOML ({exc})") from None
     _check_table(src, table, _TOP_KEYS)
+    if table.get("format") == "hf" or "hf" in table:
+        return _load_hf_dataset(src, table)
     for key in ("annotations", "images", "split"):
         if key not in table:
             raise BenchError(f"{src}: key '{key}' is missing")
@@ -188,6 +191,36 @@ def load_dataset(name_or_path: str | Path, *, progress: bool = True) -> CaptionD
         annotations=annotations,
         description=table.get("description", ""),
         annotation_splits={e.image_id: e.split for e in entries if e.split},
+    )
+
+
+def _load_hf_dataset(src: Path, table: dict[str, Any]) -> CaptionDataset:
+    """A `format = "hf"` declaration: the [hf] table names a Hugging Face dataset (bench.data.hf)."""
+    from bench.data.hf import HF_KEYS, HFSource, load_hf
+
+    if table.get("format") != "hf":
+        raise BenchError(f"{src}: an [hf] table needs format = \"hf\"")
+    for key in ("annotations", "images", "generator"):
+        if key in table:
+            raise BenchError(f"{src}: key '{key}' does not apply with format = \"hf\" (the [hf] table names the data)")
+    for key in ("hf", "split"):
+        if key not in table:
+            raise BenchError(f"{src}: key '{key}' is missing")
+    _check_table(src, table["hf"], HF_KEYS, "hf.")
+    if "path" not in table["hf"]:
+        raise BenchError(f"{src}: key 'hf.path' is missing")
+    spec = _split_spec(src, table["split"])
+    loaded = load_hf(HFSource(src=src, **table["hf"]))
+    samples = tuple(Sample(e.image_id, loaded.images_dir / (e.file_name or ""), e.refs) for e in loaded.entries)
+    return CaptionDataset(
+        name=src.stem,
+        source=src,
+        images_dir=loaded.images_dir,
+        samples=samples,
+        split_spec=spec,
+        annotations=loaded.location,
+        description=table.get("description", ""),
+        annotation_splits={e.image_id: e.split for e in loaded.entries if e.split},
     )
 
 

@@ -21,7 +21,6 @@ Every problem is a one-line BenchError naming the file and the field, line or in
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import json
@@ -30,7 +29,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.data.ids import has_image_extension, normalize_id
+from bench.data.ids import normalize_id
+from bench.data.reftext import (
+    EntryCollector,
+    field_error,
+    file_name_or_none,
+    key_string,
+    parse_json,
+    read_text,
+    ref_list,
+    ref_string,
+)
 from bench.data.types import RefEntry
 from bench.errors import BenchError
 
@@ -45,161 +54,71 @@ _RECORD_LIST_KEYS = ("captions", "refs", "references")
 _TOKEN_LINE = re.compile(r"^([^\t#]+)#\d+\t")
 
 
-def _fail(path: Path, where: str, message: str) -> BenchError:
-    return BenchError(f"{path}{' ' + where if where else ''}: {message}")
-
-
-# --- raw reading -------------------------------------------------------------------------------
-
-def read_text(path: Path) -> str:
-    """UTF-8 text of a file (a BOM is allowed); errors name the byte offset and line."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BenchError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise BenchError(f"{path}: is a folder, expected a references file") from None
-    except OSError as exc:
-        raise BenchError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    offset = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return data[offset:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[offset : offset + exc.start].count(b"\n") + 1
-        raise BenchError(f"{path} line {line}: not UTF-8 text (byte {offset + exc.start})") from None
-
-
-def _parse_json(path: Path, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _fail(path, f"line {exc.lineno} column {exc.colno}", f"invalid JSON ({exc.msg})") from None
-    except RecursionError:
-        raise _fail(path, "", "invalid JSON (nested too deeply)") from None
-
-
-# --- small checks shared by the formats --------------------------------------------------------
-
-def _ref(path: Path, where: str, field: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise _fail(path, where, f"field '{field}' must be a string, got {type(value).__name__}")
-    text = value.strip()
-    if not text:
-        raise _fail(path, where, f"field '{field}' is empty")
-    return text
-
-
-def _ref_list(path: Path, where: str, field: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise _fail(path, where, f"field '{field}' must be a list of reference strings, got {type(value).__name__}")
-    if not value:
-        raise _fail(path, where, f"field '{field}' is an empty caption list")
-    return tuple(_ref(path, where, f"{field}[{k}]", item) for k, item in enumerate(value))
-
-
-def _key(path: Path, where: str, field: str, value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise _fail(path, where, f"field '{field}' must be a string or an integer, got {type(value).__name__}")
-    text = str(value).strip()
-    if not text:
-        raise _fail(path, where, f"field '{field}' is empty")
-    return text
-
-
-def _file_name_or_none(key: str) -> str | None:
-    """A key that names a file (image extension or a folder in it), kept to find the image."""
-    return key if has_image_extension(key) or "/" in key or "\\" in key else None
-
-
-class _Collector:
-    """Entries in first-seen order, refusing two different keys that normalise to one id."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.entries: dict[str, RefEntry] = {}
-        self.origin: dict[str, str] = {}  # image_id -> the raw key that introduced it
-
-    def add(self, where: str, raw_key: str, entry: RefEntry, *, merge: bool = False) -> None:
-        old = self.entries.get(entry.image_id)
-        if old is None:
-            self.entries[entry.image_id] = entry
-            self.origin[entry.image_id] = raw_key
-            return
-        if not merge or self.origin[entry.image_id] != raw_key:
-            raise _fail(self.path, where, f"duplicate image id {entry.image_id!r} (also given as {self.origin[entry.image_id]!r})")
-        self.entries[entry.image_id] = RefEntry(old.image_id, old.file_name, old.refs + entry.refs, old.split)
-
-    def result(self) -> list[RefEntry]:
-        if not self.entries:
-            raise _fail(self.path, "", "no images with references found")
-        return list(self.entries.values())
-
-
 # --- formats -----------------------------------------------------------------------------------
 
 def _parse_coco(path: Path, data: dict[str, Any]) -> list[RefEntry]:
     images, annotations = data.get("images"), data.get("annotations")
     if not isinstance(images, list):
-        raise _fail(path, "", "field 'images' must be a list")
+        raise field_error(path, "", "field 'images' must be a list")
     if not isinstance(annotations, list):
-        raise _fail(path, "", "field 'annotations' must be a list")
+        raise field_error(path, "", "field 'annotations' must be a list")
     files: dict[str, str | None] = {}
     for i, img in enumerate(images):
         where = f"images[{i}]"
         if not isinstance(img, dict) or "id" not in img:
-            raise _fail(path, where, "field 'id' is missing")
-        image_id = _key(path, where, "id", img["id"])
+            raise field_error(path, where, "field 'id' is missing")
+        image_id = key_string(path, where, "id", img["id"])
         if image_id in files:
-            raise _fail(path, where, f"duplicate image id {image_id!r}")
+            raise field_error(path, where, f"duplicate image id {image_id!r}")
         name = img.get("file_name")
-        files[image_id] = _key(path, where, "file_name", name) if name is not None else None
+        files[image_id] = key_string(path, where, "file_name", name) if name is not None else None
     refs: dict[str, list[str]] = {image_id: [] for image_id in files}
     for j, ann in enumerate(annotations):
         where = f"annotations[{j}]"
         if not isinstance(ann, dict) or "image_id" not in ann:
-            raise _fail(path, where, "field 'image_id' is missing")
+            raise field_error(path, where, "field 'image_id' is missing")
         if "caption" not in ann:
-            raise _fail(path, where, "field 'caption' is missing")
-        image_id = _key(path, where, "image_id", ann["image_id"])
+            raise field_error(path, where, "field 'caption' is missing")
+        image_id = key_string(path, where, "image_id", ann["image_id"])
         if image_id not in refs:
-            raise _fail(path, where, f"image_id {image_id!r} is not listed in 'images'")
-        refs[image_id].append(_ref(path, where, "caption", ann["caption"]))
+            raise field_error(path, where, f"image_id {image_id!r} is not listed in 'images'")
+        refs[image_id].append(ref_string(path, where, "caption", ann["caption"]))
     for i, (image_id, caps) in enumerate(refs.items()):
         if not caps:
-            raise _fail(path, f"images[{i}]", f"image {image_id!r} has zero references")
+            raise field_error(path, f"images[{i}]", f"image {image_id!r} has zero references")
     if not refs:
-        raise _fail(path, "", "field 'images' is empty")
+        raise field_error(path, "", "field 'images' is empty")
     return [RefEntry(image_id, files[image_id], tuple(caps)) for image_id, caps in refs.items()]
 
 
 def _parse_karpathy(path: Path, data: dict[str, Any]) -> list[RefEntry]:
-    collector = _Collector(path)
+    collector = EntryCollector(path)
     for i, img in enumerate(data["images"]):
         where = f"images[{i}]"
         if not isinstance(img, dict):
-            raise _fail(path, where, "expected an object")
+            raise field_error(path, where, "expected an object")
         if "filename" not in img:
-            raise _fail(path, where, "field 'filename' is missing")
-        filename = _key(path, where, "filename", img["filename"])
+            raise field_error(path, where, "field 'filename' is missing")
+        filename = key_string(path, where, "filename", img["filename"])
         filepath = img.get("filepath")
-        file_name = f"{_key(path, where, 'filepath', filepath)}/{filename}" if filepath else filename
+        file_name = f"{key_string(path, where, 'filepath', filepath)}/{filename}" if filepath else filename
         split = img.get("split")
         if split is not None and not isinstance(split, str):
-            raise _fail(path, where, f"field 'split' must be a string, got {type(split).__name__}")
-        image_id = _key(path, where, "cocoid", img["cocoid"]) if "cocoid" in img else normalize_id(filename)
+            raise field_error(path, where, f"field 'split' must be a string, got {type(split).__name__}")
+        image_id = key_string(path, where, "cocoid", img["cocoid"]) if "cocoid" in img else normalize_id(filename)
         sentences = img.get("sentences")
         if not isinstance(sentences, list):
-            raise _fail(path, where, "field 'sentences' must be a list")
+            raise field_error(path, where, "field 'sentences' must be a list")
         if not sentences:
-            raise _fail(path, where, f"image {image_id!r} has zero references (field 'sentences' is empty)")
+            raise field_error(path, where, f"image {image_id!r} has zero references (field 'sentences' is empty)")
         refs = []
         for k, sent in enumerate(sentences):
             if isinstance(sent, dict) and "raw" in sent:
-                refs.append(_ref(path, where, f"sentences[{k}].raw", sent["raw"]))
+                refs.append(ref_string(path, where, f"sentences[{k}].raw", sent["raw"]))
             elif isinstance(sent, dict) and isinstance(sent.get("tokens"), list):
-                refs.append(_ref(path, where, f"sentences[{k}].tokens", " ".join(map(str, sent["tokens"]))))
+                refs.append(ref_string(path, where, f"sentences[{k}].tokens", " ".join(map(str, sent["tokens"]))))
             else:
-                raise _fail(path, where, f"field 'sentences[{k}].raw' is missing")
+                raise field_error(path, where, f"field 'sentences[{k}].raw' is missing")
         collector.add(where, filename, RefEntry(image_id, file_name, tuple(refs), split))
     return collector.result()
 
@@ -213,19 +132,19 @@ def _parse_csv(path: Path, text: str) -> list[RefEntry]:
     try:
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration:
-        raise _fail(path, "", "file is empty") from None
+        raise field_error(path, "", "file is empty") from None
     except csv.Error as exc:
-        raise _fail(path, "line 1", f"unreadable CSV header ({exc})") from None
+        raise field_error(path, "line 1", f"unreadable CSV header ({exc})") from None
     img_col = next((header.index(c) for c in _IMAGE_COLUMNS if c in header), None)
     cap_col = next((header.index(c) for c in _CAPTION_COLUMNS if c in header), None)
     if img_col is None or cap_col is None:
-        raise _fail(
+        raise field_error(
             path, "line 1",
             f"header must name an image column ({'/'.join(_IMAGE_COLUMNS)}) and a caption column "
             f"({'/'.join(_CAPTION_COLUMNS)}), got {header}",
         )
     width = len(header)
-    collector = _Collector(path)
+    collector = EntryCollector(path)
     lineno = 1
     try:
         for row in reader:
@@ -237,27 +156,27 @@ def _parse_csv(path: Path, text: str) -> list[RefEntry]:
                 row = row[:cap_col] + [delimiter.join(row[cap_col:])]
             where = f"line {lineno}"
             if len(row) <= max(img_col, cap_col):
-                raise _fail(path, where, f"field '{header[cap_col]}' is missing")
-            image = _key(path, where, header[img_col], row[img_col])
-            caption = _ref(path, where, header[cap_col], row[cap_col])
+                raise field_error(path, where, f"field '{header[cap_col]}' is missing")
+            image = key_string(path, where, header[img_col], row[img_col])
+            caption = ref_string(path, where, header[cap_col], row[cap_col])
             entry = RefEntry(normalize_id(image), image, (caption,))
             collector.add(where, image, entry, merge=True)
     except csv.Error as exc:
-        raise _fail(path, f"line {lineno}", f"unreadable CSV ({exc})") from None
+        raise field_error(path, f"line {lineno}", f"unreadable CSV ({exc})") from None
     return collector.result()
 
 
 def _parse_token_txt(path: Path, text: str) -> list[RefEntry]:
-    collector = _Collector(path)
+    collector = EntryCollector(path)
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"line {lineno}"
         key, tab, caption = line.partition("\t")
         if not tab:
-            raise _fail(path, where, "expected 'file.jpg#N<TAB>caption'")
-        image = _key(path, where, "image", key.rsplit("#", 1)[0])
-        entry = RefEntry(normalize_id(image), image, (_ref(path, where, "caption", caption),))
+            raise field_error(path, where, "expected 'file.jpg#N<TAB>caption'")
+        image = key_string(path, where, "image", key.rsplit("#", 1)[0])
+        entry = RefEntry(normalize_id(image), image, (ref_string(path, where, "caption", caption),))
         collector.add(where, image, entry, merge=True)
     return collector.result()
 
@@ -267,44 +186,44 @@ def _parse_map(path: Path, text: str, data: dict[str, Any]) -> list[RefEntry]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise _fail(path, "", f"duplicate image id {key!r}")
+                raise field_error(path, "", f"duplicate image id {key!r}")
             seen.add(key)
         return dict(pairs)
 
     # json.loads keeps the last of two equal keys silently; parse again to catch duplicates.
     json.loads(text, object_pairs_hook=no_duplicate_keys)
-    collector = _Collector(path)
+    collector = EntryCollector(path)
     for key, value in data.items():
         where = f"key {key!r}"
-        image = _key(path, where, "image id", key)
-        entry = RefEntry(normalize_id(image), _file_name_or_none(image), _ref_list(path, where, key, value))
+        image = key_string(path, where, "image id", key)
+        entry = RefEntry(normalize_id(image), file_name_or_none(image), ref_list(path, where, key, value))
         collector.add(where, image, entry)
     return collector.result()
 
 
 def _parse_records(path: Path, records: list[tuple[str, Any]]) -> list[RefEntry]:
     """JSONL lines or JSON list items: (where, object) pairs."""
-    collector = _Collector(path)
+    collector = EntryCollector(path)
     complete: set[str] = set()  # ids given with a full list, which nothing may extend
     for where, obj in records:
         if not isinstance(obj, dict):
-            raise _fail(path, where, f"expected a JSON object, got {type(obj).__name__}")
+            raise field_error(path, where, f"expected a JSON object, got {type(obj).__name__}")
         id_key = next((k for k in _RECORD_ID_KEYS if k in obj), None)
         if id_key is None:
-            raise _fail(path, where, f"field 'image_id' is missing (or one of {', '.join(_RECORD_ID_KEYS[1:])})")
-        image = _key(path, where, id_key, obj[id_key])
+            raise field_error(path, where, f"field 'image_id' is missing (or one of {', '.join(_RECORD_ID_KEYS[1:])})")
+        image = key_string(path, where, id_key, obj[id_key])
         named = (obj[k] for k in ("file_name", "image", "filename", "image_name") if isinstance(obj.get(k), str))
-        file_name = next(named, None) or _file_name_or_none(image)
+        file_name = next(named, None) or file_name_or_none(image)
         image_id = normalize_id(image)
         list_key = next((k for k in _RECORD_LIST_KEYS if k in obj), None)
         if list_key is not None:
-            refs = _ref_list(path, where, list_key, obj[list_key])
+            refs = ref_list(path, where, list_key, obj[list_key])
         elif "caption" in obj:
-            refs = (_ref(path, where, "caption", obj["caption"]),)
+            refs = (ref_string(path, where, "caption", obj["caption"]),)
         else:
-            raise _fail(path, where, "field 'caption' is missing (or 'captions'/'refs')")
+            raise field_error(path, where, "field 'caption' is missing (or 'captions'/'refs')")
         if image_id in complete or (list_key is not None and image_id in collector.entries):
-            raise _fail(path, where, f"duplicate image id {image_id!r}")
+            raise field_error(path, where, f"duplicate image id {image_id!r}")
         if list_key is not None:
             complete.add(image_id)
         collector.add(where, image, RefEntry(image_id, file_name, refs), merge=True)
@@ -319,21 +238,21 @@ def _parse_jsonl(path: Path, text: str) -> list[RefEntry]:
         try:
             records.append((f"line {lineno}", json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise _fail(path, f"line {lineno}", f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+            raise field_error(path, f"line {lineno}", f"invalid JSON ({exc.msg} at column {exc.colno})") from None
     return _parse_records(path, records)
 
 
 def _parse_magic(path: Path, data: list[Any]) -> list[RefEntry]:
-    collector = _Collector(path)
+    collector = EntryCollector(path)
     for i, item in enumerate(data):
         where = f"[{i}]"
         if not isinstance(item, dict) or "image_name" not in item:
-            raise _fail(path, where, "field 'image_name' is missing")
-        image = _key(path, where, "image_name", item["image_name"])
+            raise field_error(path, where, "field 'image_name' is missing")
+        image = key_string(path, where, "image_name", item["image_name"])
         if "captions" not in item:
-            raise _fail(path, where, "field 'captions' is missing")
+            raise field_error(path, where, "field 'captions' is missing")
         split = item.get("split") if isinstance(item.get("split"), str) else None
-        entry = RefEntry(normalize_id(image), image, _ref_list(path, where, "captions", item["captions"]), split)
+        entry = RefEntry(normalize_id(image), image, ref_list(path, where, "captions", item["captions"]), split)
         collector.add(where, image, entry)
     return collector.result()
 
@@ -366,15 +285,15 @@ _EXPECTED = (
 
 
 def _from_json(path: Path, text: str, fmt: str) -> list[RefEntry]:
-    data = _parse_json(path, text)
+    data = parse_json(path, text)
     detected = _json_format(data)
     if fmt == "auto":
         if detected is None:
             if isinstance(data, (dict, list)) and not data:
-                raise _fail(path, "", "no images with references found (empty JSON)")
+                raise field_error(path, "", "no images with references found (empty JSON)")
             if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
-                raise _fail(path, "", "values must be lists of references; this looks like a predictions map {image_id: caption}")
-            raise _fail(path, "", f"unknown structure: {_EXPECTED}")
+                raise field_error(path, "", "values must be lists of references; this looks like a predictions map {image_id: caption}")
+            raise field_error(path, "", f"unknown structure: {_EXPECTED}")
         fmt = detected
     parsers: dict[str, Callable[[], list[RefEntry]]] = {
         "coco": lambda: _parse_coco(path, _expect(path, data, dict, "coco")),
@@ -388,14 +307,14 @@ def _from_json(path: Path, text: str, fmt: str) -> list[RefEntry]:
 
 def _expect(path: Path, data: Any, kind: type, fmt: str) -> Any:
     if not isinstance(data, kind):
-        raise _fail(path, "", f"format {fmt!r} expects a JSON {'object' if kind is dict else 'list'}, got {type(data).__name__}")
+        raise field_error(path, "", f"format {fmt!r} expects a JSON {'object' if kind is dict else 'list'}, got {type(data).__name__}")
     return data
 
 
 def _expect_karpathy(path: Path, data: Any) -> dict[str, Any]:
     data = _expect(path, data, dict, "karpathy")
     if not isinstance(data.get("images"), list):
-        raise _fail(path, "", "field 'images' must be a list")
+        raise field_error(path, "", "field 'images' must be a list")
     return data
 
 
@@ -407,7 +326,7 @@ def read_references(path: str | Path, fmt: str = "auto") -> list[RefEntry]:
         raise BenchError(f"{path}: unknown references format {fmt!r}; choose one of {', '.join(FORMATS)}")
     text = read_text(path)
     if not text.strip():
-        raise _fail(path, "", "file is empty")
+        raise field_error(path, "", "file is empty")
     suffix = path.suffix.lower()
     if fmt == "csv":
         return _parse_csv(path, text)

@@ -40,6 +40,7 @@ class RunContext:
     num_workers: int
     dist: Dist
     state: dict[str, Any]  # run_state.json: figures of the finished stages
+    trackers: Any = None  # bench.tracking.Trackers of a --log-with run (rank 0), else None
 
     def say(self, message: str) -> None:
         if self.console is not None:
@@ -114,7 +115,7 @@ def load_and_train(run: RunContext) -> Any:
     run.say(f"training LoRA r={setting.lora.r} for {setting.train.epochs} epoch(s) on {len(pairs)} pairs")
     result = training.train(
         captioner, pairs, setting.train, plan.run_dir / "train", setting.seed, run.device,
-        progress=run.progress, num_workers=run.num_workers, dist=run.dist,
+        progress=run.progress, num_workers=run.num_workers, dist=run.dist, trackers=run.trackers,
     )
     if "train" not in run.state:  # a resumed run keeps the first record
         run.state["train"] = {
@@ -244,6 +245,7 @@ def execute_plan(
     console: Any = None,
     dist: Dist | None = None,
     scorers: ScorerPool | None = None,
+    log_with: Sequence[str] = (),
 ) -> RunResult:
     """Train (LoRA), caption and score one run, or answer from its finished results."""
     dist = detect() if dist is None else dist
@@ -262,8 +264,17 @@ def execute_plan(
         run = RunContext(plan, dev if dev is not None else resolve_device(device), console, progress,
                          num_workers, dist, state)
         reset_peak_memory(run.device)  # this run's peak, not the previous run's of this process
+        if log_with and dist.is_main:  # --log-with: rank 0 logs (bench.tracking)
+            from bench.tracking import Trackers
+
+            run.trackers = Trackers.start(plan.run_dir, plan.config, log_with, name=plan.name)
+            stack.callback(run.trackers.finish)
         train_and_caption(run)
         results = dist.on_main(lambda: score_and_record(run, scorers))
+        if run.trackers is not None:
+            from bench.tracking import run_outputs
+
+            run.trackers.log_results(*run_outputs(plan.run_dir, plan.samples))
         return RunResult(run_dir=plan.run_dir, results=results, cached=False)
 
 

@@ -27,7 +27,7 @@ from bench.runs.results import load_results, normalize_metrics_json, provenance
 RUN_FILES: tuple[str, ...] = (
     "results.json", "metrics.json", "predictions.jsonl", "run_state.json", "split.json", "config.json",
 )
-RUN_DIRS: tuple[str, ...] = ("train", "attend")  # attend/: figures of this run's model (bench attend)
+RUN_DIRS: tuple[str, ...] = ("train", "attend", "tracking")  # attend/: bench attend; tracking/: --log-with
 
 
 @dataclass(frozen=True)
