@@ -35,6 +35,7 @@ from bench.config import (
     TrainConfig,
 )
 from bench.errors import BenchError
+from bench.sweep import check_sweep, model_slug
 
 BASE_NAME = "base"
 # Tables of a setting file and the dataclass each one is checked against.
@@ -46,7 +47,7 @@ SECTIONS: dict[str, type] = {
     "scoring": ScoringConfig,
 }
 # Top-level keys that are plain values (the rest of Setting is derived or a table).
-SCALARS: tuple[str, ...] = ("description", "group", "seed", "prompt")
+SCALARS: tuple[str, ...] = ("description", "group", "seed", "prompt", "prompts")
 TOP_KEYS: tuple[str, ...] = ("extends", "backends", "models", *SCALARS, *SECTIONS)
 # Tables that only mean something when a LoRA backend is trained.
 LORA_ONLY_SECTIONS: tuple[str, ...] = ("lora", "train")
@@ -65,6 +66,8 @@ class BackendInfo:
     module: str
     supports_lora: bool
     default_model: str | None
+    default_max_new_tokens: int = 30  # generation.max_new_tokens when a setting leaves it unset
+    default_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # recorded in config.json
 
 
 def _class_attr(node: ast.ClassDef, attr: str) -> Any:
@@ -78,6 +81,8 @@ def _class_attr(node: ast.ClassDef, attr: str) -> Any:
         for target in targets:
             if isinstance(target, ast.Name) and target.id == attr and isinstance(value, ast.Constant):
                 return value.value
+            if isinstance(target, ast.Name) and target.id == attr and isinstance(value, ast.Dict):
+                return ast.literal_eval(value)
     return None
 
 
@@ -108,6 +113,8 @@ def _catalog_from(folder: str, stamp: tuple[tuple[str, float], ...]) -> dict[str
                 module=f"bench.backends.{path.stem}",
                 supports_lora=bool(_class_attr(node, "supports_lora")),
                 default_model=_class_attr(node, "default_model"),
+                default_max_new_tokens=_class_attr(node, "default_max_new_tokens") or 30,
+                default_options=_class_attr(node, "default_options") or {},
             )
     return catalog
 
@@ -134,7 +141,9 @@ def lora_backends() -> tuple[str, ...]:
 
 
 def zero_shot_backends() -> tuple[str, ...]:
-    return ordered_backends([b.name for b in backend_catalog().values() if not b.supports_lora])
+    """Zero-shot backends a setting with a prompt runs when it names none: those with a default
+    model (`vlm` has none: it runs the models a setting or `--model` names)."""
+    return ordered_backends([b.name for b in backend_catalog().values() if not b.supports_lora and b.default_model])
 
 
 # --- file labels and errors ----------------------------------------------------------------------
@@ -267,6 +276,8 @@ def _check_models(raw: Any, label: str, base_dir: Path) -> dict[str, Any]:
             if not checked["model"].strip():
                 raise _fail(label, f"models.{backend}.model is empty")
             checked["model"] = _resolve_path_value(checked["model"], base_dir)
+        if "models" in checked:  # a sweep's model list: folders resolved alike
+            checked["models"] = tuple(_resolve_path_value(m, base_dir) for m in checked["models"])
         # Options may name model folders too (clip-flan-t5's vision_model): expand them alike.
         for key, value in checked.get("options", {}).items():
             if isinstance(value, str):
@@ -401,7 +412,7 @@ def _range_checks(s: Setting) -> list[_Check]:
             f"must be 1 with strategy = 'greedy' (got {g.num_beams}); set strategy = 'beam'",
             ("generation.strategy",),
         ),
-        _Check("generation.max_new_tokens", g.max_new_tokens >= 1, f"must be >= 1 (got {g.max_new_tokens})"),
+        _Check("generation.max_new_tokens", g.max_new_tokens is None or g.max_new_tokens >= 1, f"must be >= 1 (got {g.max_new_tokens})"),
         _Check(
             "generation.no_repeat_ngram_size",
             g.no_repeat_ngram_size >= 0,
@@ -449,7 +460,7 @@ def _semantic_checks(merged: dict[str, Any], prov: Provenance, label: str) -> tu
     def where(key: str) -> str:
         return prov.get(key, label)
 
-    prompt = merged.get("prompt")
+    prompt = merged.get("prompt") or merged.get("prompts")  # `prompts`: a sweep (bench.sweep)
     if "backends" in merged:
         backends = merged["backends"]
         if not backends:
@@ -495,12 +506,14 @@ def _build(merged: dict[str, Any], prov: Provenance, name: str, label: str, orde
     catalog = backend_catalog()
     models: dict[str, ModelConfig] = {}
     for backend, table in merged.get("models", {}).items():
-        model = table.get("model") or catalog[backend].default_model
+        sweep = tuple(table.get("models", ()))
+        model = table.get("model") or (sweep[0] if sweep else None) or catalog[backend].default_model
         if model:
             models[backend] = ModelConfig(
                 model=model,
                 quantization=table.get("quantization", "none"),
                 options=dict(table.get("options", {})),
+                models=sweep,
             )
     for backend in backends:
         if backend not in models:
@@ -522,6 +535,9 @@ def _build(merged: dict[str, Any], prov: Provenance, name: str, label: str, orde
             raise _fail(_blame(check, prov, order, label), f"{check.key} {check.message}")
     if setting.prompt:
         _check_prompt(setting.prompt, prov.get("prompt", label))
+    for name in setting.prompts:
+        _check_prompt(name, prov.get("prompts", label))
+    check_sweep(setting, prov.get("prompts", label))
     return setting
 
 
@@ -541,8 +557,9 @@ def load_setting(name_or_path: str | Path) -> Setting:
     return _build(merged, prov, path.stem, file_label(path), [file_label(p) for p, _ in chain])
 
 
-def prompt_setting(prompt: str, *, base: str | Path = BASE_NAME) -> Setting:
-    """The zero-shot setting `bench run --prompt NAME` runs: the base setting with that prompt."""
+def prompt_setting(prompt: str, *, base: str | Path = BASE_NAME, model: str | None = None) -> Setting:
+    """The zero-shot setting `bench run --prompt NAME [--model ID_OR_DIR]` runs: the base setting
+    with that prompt; with a model, on the `vlm` backend (run name prompt-NAME--MODEL)."""
     base_path = find_setting_file(base)
     chain = _chain(base_path)
     merged, prov = _merge_chain(chain)
@@ -559,8 +576,16 @@ def prompt_setting(prompt: str, *, base: str | Path = BASE_NAME) -> Setting:
     merged["prompt"] = prompt
     merged["description"] = f"zero-shot with prompt {prompt!r} (bench run --prompt)"
     prov["prompt"] = label
+    name = f"prompt-{Path(prompt).stem}"
+    if model is not None:
+        if not model.strip():
+            raise BenchError("bench run --model: give a hub id or a model folder")
+        merged["backends"] = ["vlm"]
+        merged.setdefault("models", {})["vlm"] = {"model": _resolve_path_value(model, Path.cwd())}
+        merged["description"] = f"zero-shot {model} with prompt {prompt!r} (bench run --prompt --model)"
+        name = f"{name}--{model_slug(model)}"
     order = [*(file_label(p) for p, _ in chain), label]
-    return _build(merged, prov, f"prompt-{Path(prompt).stem}", file_label(base_path), order)
+    return _build(merged, prov, name, file_label(base_path), order)
 
 
 def setting_files() -> list[Path]:
@@ -585,3 +610,11 @@ def is_lora_backend(backend: str) -> bool:
     if info is None:
         raise BenchError(f"unknown backend {backend!r}; available: {', '.join(sorted(backend_catalog()))}")
     return info.supports_lora
+
+
+def expanded(settings: list[Setting]) -> list[Setting]:
+    """Each setting, a sweep replaced by its one-run settings (bench.sweep)."""
+    from bench.sweep import expand_setting
+
+    lora = {name: info.supports_lora for name, info in backend_catalog().items()}
+    return [one for s in settings for one in expand_setting(s, lora)]

@@ -79,6 +79,13 @@ def tiny_llava(tiny_root: Path) -> Path:
     return _tiny_backend(tiny_root, "llava")
 
 
+def tiny_vlm_dir(root: Path, family: str) -> Path:
+    """The tiny model of one vision-language family (bench.tiny.vlm), built once per session."""
+    from bench.tiny.vlm import build_tiny_vlm
+
+    return build_once(root / f"vlm-{family}", lambda out: build_tiny_vlm(family, out, TINY_SEED))
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_root: Path) -> Path:
     """A tiny CLIP (for CLIPScore) saved like openai/clip-vit-base-patch32."""

@@ -101,6 +101,10 @@ def load_and_train(run: RunContext) -> Any:
     with blame(setting.source):
         captioner = get_backend(plan.backend).load(model_cfg, run.device, prompt=plan.prompt)
     if plan.kind != "lora":
+        resolved = getattr(captioner, "resolved_options", None)
+        if resolved is not None:  # family, prompt rule and image mode, for results.json and the report
+            run.state["model"] = resolved()
+            run.save_state()
         return captioner
     from bench import training
 
