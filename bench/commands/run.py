@@ -23,19 +23,19 @@ def _check_device(device: str) -> None:
         raise BenchError(f"--device {device}: must be one of {', '.join(DEVICES)} (or cuda:N)")
 
 
-def _settings_for(setting: str | None, prompt: str | None, group: str | None, model: str | None = None) -> list[Any]:
+def _settings_for(setting: str | None, prompt: str | None, group: str | None, models: list[str] | None = None) -> list[Any]:
     """The settings to run, sweeps expanded into one setting per (prompt, model)."""
     from bench.settings import expanded, load_setting, prompt_setting, settings_in_group
 
     chosen = [name for name, value in (("--setting", setting), ("--prompt", prompt), ("--group", group)) if value]
     if len(chosen) != 1:
         raise BenchError("bench run: give exactly one of --setting NAME, --prompt NAME or --group NAME")
-    if model is not None and not prompt:
+    if models and not prompt:
         raise BenchError("bench run --model: give it with --prompt NAME (a setting names its models itself)")
     if setting:
         return expanded([load_setting(setting)])
     if prompt:
-        return [prompt_setting(prompt, model=model)]
+        return [prompt_setting(prompt, model=m) for m in models] if models else [prompt_setting(prompt)]
     return expanded(settings_in_group(group or ""))
 
 
@@ -111,8 +111,8 @@ def run(
         str | None, typer.Option("--prompt", "-p", help="Zero-shot LLaVA with this prompt (run name prompt-NAME).")
     ] = None,
     model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="With --prompt: this hub id or model folder on the vlm backend (run prompt-NAME--MODEL)."),
+        list[str] | None,
+        typer.Option("--model", "-m", help="With --prompt: this hub id or model folder on the vlm backend (run prompt-NAME--MODEL); repeat for several."),
     ] = None,
     group: Annotated[str | None, typer.Option("--group", "-g", help="Run every setting of this group, in order.")] = None,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="Only this backend of the setting.")] = None,
