@@ -14,26 +14,14 @@ from pathlib import Path
 import pytest
 
 from bench.tiny.vlm import BUILDERS
-from conftest import REPO, build_once, shared_tmp, tiny_vlm_dir
+from conftest import REAL_VLM as REAL
+from conftest import REPO, tiny_vlm_dir
 
 pytestmark = pytest.mark.slow
-REAL = {"llava": "llava-hf__llava-1.5-7b-hf", "blip": "Salesforce__blip-image-captioning-base"}
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bench", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="session")
-def real_vlm(tmp_path_factory, shared_data: Path) -> dict[str, Path]:
-    """family -> real-config model folder with random weights (bench.tiny.real_vlm), built once."""
-    from bench.tiny.real_vlm import build_real_config_vlm
-
-    models = shared_data.parent / "models"
-    if not all((models / name / "config.json").is_file() for name in REAL.values()):
-        pytest.skip(f"real model files not found in {models}")
-    root = shared_tmp(tmp_path_factory) / "real-vlm"
-    return {f: build_once(root / name, lambda out, n=name: build_real_config_vlm(models / n, out)) for f, name in REAL.items()}
 
 
 @pytest.fixture(scope="module")
