@@ -96,11 +96,26 @@ def test_batched_equals_batch_size_one(captioners, samples, family):
 
 
 def test_row_ends_record_eos_and_lengths(captioners, samples):
+    """Each row's new-token count and whether it stopped at eos (for truncation counts)."""
+    from bench.backends.vlm import RowEnd
+
     captioner = captioners["llava"]
-    captioner.generate(captioner.caption_collate()(samples), GenerationConfig(max_new_tokens=3))
-    assert len(captioner.last_rows) == len(samples)
-    assert all(1 <= r.new_tokens <= 3 for r in captioner.last_rows)
-    assert all(r.ended_with_eos or r.new_tokens == 3 for r in captioner.last_rows)
+    batch = captioner.caption_collate()(samples)
+    gen = GenerationConfig(max_new_tokens=4)
+    with torch.inference_mode():
+        out = captioner.model.generate(**captioner._inputs(batch), generation_config=captioner._generation_config(gen))
+    new = out[:, batch["input_ids"].shape[1]:].tolist()
+    saved = captioner.model.generation_config.eos_token_id
+    stop = new[0][0]
+    captioner.model.generation_config.eos_token_id = stop  # row 0 now ends at its first token
+    try:
+        captioner.generate(batch, gen)
+    finally:
+        captioner.model.generation_config.eos_token_id = saved
+    assert captioner.last_rows[0] == RowEnd(1, True)
+    for row, tokens in zip(captioner.last_rows[1:], new[1:]):  # the same tokens up to the first stop
+        ended = stop in tokens
+        assert row == RowEnd(tokens.index(stop) + 1 if ended else 4, ended)
 
 
 def test_text_prefix_for_blip(tiny_root: Path, brief, samples):
@@ -119,6 +134,8 @@ def test_checkpoint_generation_config_never_overrides_the_setting(tmp_path: Path
     config.update(do_sample=True, temperature=5.0, top_k=3, num_beams=3, max_new_tokens=2, repetition_penalty=3.0)
     (folder / "generation_config.json").write_text(json.dumps(config))
     loaded = get_backend("vlm").load(ModelConfig(model=str(folder)), CPU, prompt=brief)
+    kept = set(loaded.model.generation_config.to_diff_dict()) - {"transformers_version"}
+    assert kept <= {"bos_token_id", "eos_token_id", "pad_token_id"}, kept  # the file's decoding is dropped
     batch = loaded.caption_collate()(samples[:3])
     torch.manual_seed(0)
     got = loaded.generate(batch, GREEDY)
