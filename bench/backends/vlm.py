@@ -30,7 +30,7 @@ from bench.backends._quant import pick_dtype, quantization_config
 from bench.backends.base import Batch, Captioner, register_backend
 from bench.config import GenerationConfig, ModelConfig
 from bench.errors import BenchError
-from bench.model_source import load_files, load_model
+from bench.model_source import image_processor_loader, load_files, load_model
 from bench.prompts import PromptTemplate, load_prompt
 
 DEFAULT_PROMPT = "brief"
@@ -141,13 +141,8 @@ def load_processor(model: str, model_type: str, what: str, field: str) -> Any:
     processor_class = processor_class_for(model_type)
     if processor_class is None or not needs_image_only(processor_class):
         return load_files(AutoProcessor.from_pretrained, model, what, field)
-    image_only_class = image_only(processor_class)
-
-    def loader(source: str, local_files_only: bool = False, **_: Any) -> Any:
-        # a transformers class, never remote code: trust_remote_code has nothing to switch off
-        return image_only_class.from_pretrained(source, local_files_only=local_files_only)
-
-    return load_files(loader, model, what, field)
+    # a transformers class, never remote code: the loader passes local_files_only alone
+    return load_files(image_processor_loader(image_only(processor_class)), model, what, field)
 
 
 def model_class_for(config: Any, field: str) -> Any:
