@@ -84,3 +84,15 @@ def test_model_slug():
     assert model_slug("llava-hf/llava-1.5-7b-hf") == "llava-hf__llava-1.5-7b-hf"
     assert model_slug("/data/models/llava-hf__llava-1.5-7b-hf/") == "llava-hf__llava-1.5-7b-hf"
     assert model_slug("org/we ird:name") == "org__we_ird_name"
+
+
+def test_family_rules_by_model_type_never_by_name():
+    from bench.backends._families import family_for
+
+    assert family_for("llava", True, "m").prompt_rule == "chat"
+    assert family_for("llava", False, "m").prompt_rule == "llava15"  # old conversions: LLaVA-1.5's format
+    assert family_for("paligemma", False, "m").task_prefix == "caption en"
+    assert family_for("some_new_vlm", True, "m").prompt_rule == "chat"  # any family with a chat template
+    for model_type in ("some_new_vlm", "qwen2_vl"):
+        with pytest.raises(BenchError, match=f"m: its processor has no chat template .* model_type '{model_type}'"):
+            family_for(model_type, False, "m")

@@ -69,13 +69,13 @@ def family_for(model_type: str, has_chat_template: bool, what: str) -> Family:
     family = FAMILIES.get(model_type)
     if family is not None and family.model_type == "llava" and not has_chat_template:
         return Family("llava", prompt_rule="llava15", image_modes=family.image_modes)
-    if family is not None:
+    if family is not None and (family.prompt_rule != "chat" or has_chat_template):
         return family
-    if has_chat_template:
+    if family is None and has_chat_template:
         return Family(model_type)
     raise BenchError(
-        f"{what}: model_type {model_type!r} has no chat template and no prompt rule in bench "
-        f"(known: {', '.join(sorted(FAMILIES))}); add one to bench/backends/_families.py"
+        f"{what}: its processor has no chat template and bench has no prompt rule for model_type "
+        f"{model_type!r} without one (rules: {', '.join(sorted(FAMILIES))}); add one to bench/backends/_families.py"
     )
 
 
