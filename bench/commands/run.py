@@ -108,7 +108,7 @@ def run(
         str | None, typer.Option("--setting", "-s", help="Setting name (settings/NAME.toml) or path to a .toml.")
     ] = None,
     prompt: Annotated[
-        str | None, typer.Option("--prompt", "-p", help="Zero-shot LLaVA with this prompt (run name prompt-NAME).")
+        str | None, typer.Option("--prompt", "-p", help="Zero-shot LLaVA-1.5 (or each --model) with this prompt (run prompt-NAME).")
     ] = None,
     model: Annotated[
         list[str] | None,
