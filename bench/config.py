@@ -18,7 +18,8 @@ Quantization = Literal["none", "4bit", "8bit"]
 class GenerationConfig:
     strategy: Literal["greedy", "beam"] = "greedy"
     num_beams: int = 1
-    max_new_tokens: int = 30
+    # None: the backend's default (30 for the LoRA captioners, 64 for zero-shot VLMs), fixed in config.json
+    max_new_tokens: int | None = None
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     batch_size: int = 16
@@ -62,6 +63,8 @@ class ModelConfig:
     model: str
     quantization: Quantization = "none"
     options: dict[str, object] = field(default_factory=dict)
+    # A sweep (zero-shot backends): one run per model here, each with the options above.
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class Setting:
     generation: GenerationConfig = GenerationConfig()
     scoring: ScoringConfig = ScoringConfig()
     prompt: str | None = None  # name of a prompts/*.toml file (zero-shot backends)
+    prompts: tuple[str, ...] = ()  # a sweep: one run per prompt (bench.sweep expands it)
     seed: int = 0
     group: str = ""  # e.g. "report", "demo": lets `bench run --group demo` run a family
     description: str = ""

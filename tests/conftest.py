@@ -79,6 +79,29 @@ def tiny_llava(tiny_root: Path) -> Path:
     return _tiny_backend(tiny_root, "llava")
 
 
+def tiny_vlm_dir(root: Path, family: str) -> Path:
+    """The tiny model of one vision-language family (bench.tiny.vlm), built once per session."""
+    from bench.tiny.vlm import build_tiny_vlm
+
+    return build_once(root / f"vlm-{family}", lambda out: build_tiny_vlm(family, out, TINY_SEED))
+
+
+REAL_VLM = {"llava": "llava-hf__llava-1.5-7b-hf", "blip": "Salesforce__blip-image-captioning-base"}
+
+
+@pytest.fixture(scope="session")
+def real_vlm(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[str, Path]:
+    """family -> the real-config folder (../shared/models: real tokenizer, processor, chat template,
+    generation config) with random weights of shrunk widths (bench.tiny.real_vlm), built once."""
+    from bench.tiny.real_vlm import build_real_config_vlm
+
+    models = shared_data.parent / "models"
+    if not all((models / name / "config.json").is_file() for name in REAL_VLM.values()):
+        pytest.skip(f"real model files not found in {models}")
+    root = shared_tmp(tmp_path_factory) / "real-vlm"
+    return {f: build_once(root / n, lambda out, n=n: build_real_config_vlm(models / n, out, TINY_SEED)) for f, n in REAL_VLM.items()}
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_root: Path) -> Path:
     """A tiny CLIP (for CLIPScore) saved like openai/clip-vit-base-patch32."""

@@ -104,8 +104,8 @@ def test_report_has_the_per_prompt_and_per_lora_tables_and_the_leaderboard(demo_
     tables = _tables(md)
     board = tables["Leaderboard (all runs)"]
     assert len(board) - 1 == 6  # 2 prompts + 2 LoRA settings x 2 backends
-    prompts = tables["Zero-shot: one row per prompt"]
-    assert {row[0] for row in prompts[1:]} == {p.replace("_", "\\_") for p in PROMPTS}
+    prompts = tables["Zero-shot: one row per model x prompt"]
+    assert {row[1] for row in prompts[1:]} == {p.replace("_", "\\_") for p in PROMPTS}  # Model, Prompt, ...
     lora = tables["LoRA: one row per (setting, backend)"]
     header = lora[0]
     rows = [dict(zip(header, row)) for row in lora[1:]]

@@ -99,7 +99,7 @@ def test_tables_per_prompt_lora_setting_and_leaderboard(report):
     result, md, data = report
     parts = _sections(md)
     assert "Leaderboard (all runs)" in parts
-    assert "Zero-shot: one row per prompt" in parts and "LoRA: one row per (setting, backend)" in parts
+    assert "Zero-shot: one row per model x prompt" in parts and "LoRA: one row per (setting, backend)" in parts
     assert "External systems" not in parts
     runs = data["sections"][0]["runs"]
     cider = [r["metrics"]["CIDEr"]["value"] for r in runs]
@@ -114,8 +114,8 @@ def test_tables_per_prompt_lora_setting_and_leaderboard(report):
     assert body[0][col] == f"**{best['value']:.4f}** [{best['lo']:.4f}, {best['hi']:.4f}]"
     assert all(not row[col].startswith("**") for row in body[1:])
 
-    prompts = _table_rows(parts["Zero-shot: one row per prompt"])
-    assert [row[0] for row in prompts[2:]] == [r["prompt"] for r in runs if r["kind"] == "zero-shot"]
+    prompts = _table_rows(parts["Zero-shot: one row per model x prompt"])
+    assert [row[1] for row in prompts[2:]] == [r["prompt"] for r in runs if r["kind"] == "zero-shot"]  # Model, Prompt, ...
     lora = _table_rows(parts["LoRA: one row per (setting, backend)"])
     assert {row[0]: row[2] for row in lora[2:]} == {"lora-r8": "8", "lora-r16": "16"}
     # the baseline defaults to the best zero-shot prompt; its p against itself is exactly 1

@@ -63,7 +63,7 @@ def test_report_of_tiny_lora_and_prompt_runs(bench_env, write_tiny_setting, tiny
     (section,) = data["sections"]
     kinds = sorted(r["kind"] for r in section["runs"])
     assert kinds == ["lora", "lora", "zero-shot", "zero-shot"]
-    for title in ("### Leaderboard (all runs)", "### Zero-shot: one row per prompt",
+    for title in ("### Leaderboard (all runs)", "### Zero-shot: one row per model x prompt",
                   "### LoRA: one row per (setting, backend)", "### Cost", "### Degeneration"):
         assert title in md
     assert section["baseline"] in {r["run"] for r in section["runs"] if r["kind"] == "zero-shot"}

@@ -48,6 +48,8 @@ class Captioner(ABC):
     supports_lora: ClassVar[bool] = False
     # The default model (hub id) used when a setting names none.
     default_model: ClassVar[str]
+    # generation.max_new_tokens when a setting leaves it unset (zero-shot VLMs say more than captioners).
+    default_max_new_tokens: ClassVar[int] = 30
 
     def __init__(self, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> None:
         self.model_cfg = model_cfg

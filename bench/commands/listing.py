@@ -25,8 +25,11 @@ def _short(text: str, width: int = 70) -> str:
 
 
 def _what(s: Any) -> str:
+    if s.prompts:
+        return f"sweep of {len(s.prompts)} prompts"
     if s.prompt:
-        return f"prompt {s.prompt}"
+        model = s.models[s.backends[0]].model if s.backends and s.backends[0] in s.models else ""
+        return f"prompt {s.prompt}" + (f", {model}" if model and s.backends == ("vlm",) else "")
     g = s.generation
     decode = f"beam {g.num_beams}" if g.strategy == "beam" else "greedy"
     targets = s.lora.targets if isinstance(s.lora.targets, str) else ",".join(s.lora.targets)
@@ -34,7 +37,7 @@ def _what(s: Any) -> str:
 
 
 def settings_table() -> Table:
-    from bench.settings import file_label, load_setting, setting_files
+    from bench.settings import expanded, file_label, load_setting, setting_files
 
     table = Table(title=f"settings ({escape(file_label(paths.settings_dir()))})", header_style="bold")
     table.add_column("name", no_wrap=True)
@@ -49,6 +52,10 @@ def settings_table() -> Table:
         table.add_row(
             escape(s.name), escape(s.group), escape(", ".join(s.backends)), escape(_what(s)), escape(_short(s.description))
         )
+        runs = expanded([s])
+        if runs != [s]:  # a sweep: the runs it expands into, one per (prompt, model)
+            for one in runs:
+                table.add_row(f"  [dim]↳ {escape(one.name)}[/]", "", escape(", ".join(one.backends)), escape(_what(one)), "")
     return table
 
 

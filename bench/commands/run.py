@@ -23,17 +23,20 @@ def _check_device(device: str) -> None:
         raise BenchError(f"--device {device}: must be one of {', '.join(DEVICES)} (or cuda:N)")
 
 
-def _settings_for(setting: str | None, prompt: str | None, group: str | None) -> list[Any]:
-    from bench.settings import load_setting, prompt_setting, settings_in_group
+def _settings_for(setting: str | None, prompt: str | None, group: str | None, models: list[str] | None = None) -> list[Any]:
+    """The settings to run, sweeps expanded into one setting per (prompt, model)."""
+    from bench.settings import expanded, load_setting, prompt_setting, settings_in_group
 
     chosen = [name for name, value in (("--setting", setting), ("--prompt", prompt), ("--group", group)) if value]
     if len(chosen) != 1:
         raise BenchError("bench run: give exactly one of --setting NAME, --prompt NAME or --group NAME")
+    if models and not prompt:
+        raise BenchError("bench run --model: give it with --prompt NAME (a setting names its models itself)")
     if setting:
-        return [load_setting(setting)]
+        return expanded([load_setting(setting)])
     if prompt:
-        return [prompt_setting(prompt)]
-    return settings_in_group(group or "")
+        return [prompt_setting(prompt, model=m) for m in models] if models else [prompt_setting(prompt)]
+    return expanded(settings_in_group(group or ""))
 
 
 def _plans(settings: list[Any], backend: str | None, data: str | None, limit: int | None) -> list[Any]:
@@ -105,7 +108,11 @@ def run(
         str | None, typer.Option("--setting", "-s", help="Setting name (settings/NAME.toml) or path to a .toml.")
     ] = None,
     prompt: Annotated[
-        str | None, typer.Option("--prompt", "-p", help="Zero-shot LLaVA with this prompt (run name prompt-NAME).")
+        str | None, typer.Option("--prompt", "-p", help="Zero-shot LLaVA-1.5 (or each --model) with this prompt (run prompt-NAME).")
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="With --prompt: this hub id or model folder on the vlm backend (run prompt-NAME--MODEL); repeat for several."),
     ] = None,
     group: Annotated[str | None, typer.Option("--group", "-g", help="Run every setting of this group, in order.")] = None,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="Only this backend of the setting.")] = None,
@@ -132,7 +139,7 @@ def run(
     from bench.tracking import check_trackers
 
     trackers = check_trackers(log_with or [])  # a missing extra fails before any work
-    plans = _plans(_settings_for(setting, prompt, group), backend, data, limit)
+    plans = _plans(_settings_for(setting, prompt, group, model), backend, data, limit)
     done = []
     with ScorerPool() as scorers:  # CLIP and the METEOR JVM load once for all the runs of this command
         for plan in plans:

@@ -34,6 +34,7 @@ class RunData:
     prompt: str | None
     prompt_text: str | None
     model: str
+    image_mode: str | None  # zero-shot runs: "pad", "crop" or "native" (what the run used)
     dataset: str
     fingerprint: str
     image_ids: tuple[str, ...]
@@ -129,6 +130,7 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
         prompt=_opt_str(results, "prompt", res_path),
         prompt_text=_opt_str(results, "prompt_text", res_path),
         model=str(results.get("model") or ""),
+        image_mode=_opt_str(results, "image_mode", res_path),
         dataset=dataset,
         fingerprint=fingerprint,
         image_ids=tuple(ids),

@@ -135,12 +135,19 @@ def zero_shot_table(section: Section) -> Table | None:
     if not rows:
         return None
     cols = [
+        _text("Model", lambda r: _model_name(r.data.model), 40),
         _text("Prompt", lambda r: r.data.prompt or r.data.setting),
         _text("Backend", lambda r: r.data.backend, 24),
+        _text("Image", lambda r: r.data.image_mode or "", 8),
         _text("Prompt text", lambda r: r.data.prompt_text, 60),
         *_metric_cols(section),
     ]
-    return _build("Zero-shot: one row per prompt", rows, cols)
+    return _build("Zero-shot: one row per model x prompt", rows, cols)
+
+
+def _model_name(model: str) -> str:
+    """A hub id as is; a local folder by its name (the full path is in the run's config.json)."""
+    return model.rstrip("/").rsplit("/", 1)[-1] if model.startswith(("/", ".", "~")) else model
 
 
 def lora_table(section: Section) -> Table | None:

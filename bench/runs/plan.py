@@ -18,7 +18,7 @@ from bench import paths
 from bench.config import Setting
 from bench.data.types import Sample, Split
 from bench.errors import BenchError
-from bench.settings import is_lora_backend
+from bench.settings import backend_catalog, is_lora_backend
 
 # Config keys that label a run without changing its outputs: editing them is no reason to recompute.
 _LABEL_KEYS: tuple[str, ...] = ("name", "source", "group", "description", "backends", "models")
@@ -59,10 +59,35 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def with_backend_defaults(setting: Setting, backend: str) -> Setting:
+    """The backend's defaults made explicit, so config.json says what ran: max_new_tokens (64 for
+    zero-shot VLMs, 30 for the LoRA captioners) and default options (`image_mode = "auto"`)."""
+    info = backend_catalog()[backend]
+    gen = setting.generation
+    if gen.max_new_tokens is None:
+        gen = dataclasses.replace(gen, max_new_tokens=info.default_max_new_tokens)
+    models = setting.models
+    if backend in models and info.default_options:
+        model = models[backend]
+        models = {**models, backend: dataclasses.replace(model, options={**info.default_options, **model.options})}
+    return dataclasses.replace(setting, generation=gen, models=models)
+
+
+def _without_empty_sweep(config: dict[str, Any]) -> dict[str, Any]:
+    # Sweep fields are empty in every run's setting (bench.sweep expands them): leaving them out
+    # keeps the config.json of runs made before sweeps existed identical.
+    if not config.get("prompts"):
+        config.pop("prompts", None)
+    for table in (config.get("model"), *config.get("models", {}).values()):
+        if isinstance(table, dict) and not table.get("models"):
+            table.pop("models", None)
+    return config
+
+
 def resolved_config(setting: Setting, backend: str, kind: str, prompt_text: str | None) -> dict[str, Any]:
     """config.json: the whole resolved setting plus what this run uses from it."""
     model = setting.models[backend]
-    return _jsonable(
+    return _without_empty_sweep(_jsonable(
         {
             **dataclasses.asdict(setting),
             "backend": backend,
@@ -70,7 +95,7 @@ def resolved_config(setting: Setting, backend: str, kind: str, prompt_text: str 
             "model": dataclasses.asdict(model),
             "prompt_text": prompt_text,
         }
-    )
+    ))
 
 
 def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,6 +104,10 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     if config.get("kind") != "lora":  # zero-shot runs neither train nor use LoRA settings
         ident.pop("lora", None)
         ident.pop("train", None)
+        model = ident.get("model")
+        if isinstance(model, dict) and "image_mode" not in (model.get("options") or {}):
+            # runs from before image_mode existed gave the processor the image as is: "crop"
+            ident["model"] = {**model, "options": {**(model.get("options") or {}), "image_mode": "crop"}}
     if isinstance(ident.get("scoring"), dict):  # batch size changes speed, not scores
         ident["scoring"] = {k: v for k, v in ident["scoring"].items() if k != "clip_batch_size"}
     return ident
@@ -146,7 +175,7 @@ def plan_run(
         raise BenchError(
             f"--backend {backend}: setting {setting.name!r} ({setting.source}) runs {', '.join(setting.backends)}"
         )
-    setting = _with_overrides(setting, dataset, limit)
+    setting = with_backend_defaults(_with_overrides(setting, dataset, limit), backend)
     data = setting.data
     split = _load_split(data.dataset, data.limit, splits)
     samples = tuple(split.val[: data.limit] if data.limit else split.val)

@@ -107,6 +107,9 @@ def build_results(
         "prompt": setting.prompt if plan.kind == "zero-shot" else None,
         "prompt_text": plan.prompt_text,
         "model": setting.models[plan.backend].model,
+        # zero-shot: what the backend resolved (family, prompt rule, image mode), see bench.backends.vlm
+        "image_mode": state.get("model", {}).get("image_mode"),
+        "model_resolved": state.get("model"),
         "dataset": plan.split.dataset,
         "fingerprint": plan.split.fingerprint,
         "n_images": len(plan.samples),

@@ -23,6 +23,7 @@ from typing import Any
 from bench import paths
 from bench.config import ModelConfig, Setting
 from bench.errors import BenchError
+from bench.sweep import check_sweep, model_slug
 from bench.settings.catalog import (
     PREFERRED_ORDER,
     BackendInfo,
@@ -44,6 +45,7 @@ from bench.settings.schema import (
     Provenance,
     file_error,
     file_label,
+    resolve_path_value,
 )
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "prompt_setting",
     "setting_files",
     "settings_in_group",
+    "expanded",
     "zero_shot_backends",
 ]
 
@@ -76,12 +79,14 @@ def _build(merged: dict[str, Any], prov: Provenance, name: str, label: str, orde
     catalog = backend_catalog()
     models: dict[str, ModelConfig] = {}
     for backend, table in merged.get("models", {}).items():
-        model = table.get("model") or catalog[backend].default_model
+        sweep = tuple(table.get("models", ()))
+        model = table.get("model") or (sweep[0] if sweep else None) or catalog[backend].default_model
         if model:
             models[backend] = ModelConfig(
                 model=model,
                 quantization=table.get("quantization", "none"),
                 options=dict(table.get("options", {})),
+                models=sweep,
             )
     for backend in backends:
         if backend not in models:
@@ -103,6 +108,9 @@ def _build(merged: dict[str, Any], prov: Provenance, name: str, label: str, orde
             raise file_error(blame(check, prov, order, label), f"{check.key} {check.message}")
     if setting.prompt:
         check_prompt(setting.prompt, prov.get("prompt", label))
+    for prompt_name in setting.prompts:
+        check_prompt(prompt_name, prov.get("prompts", label))
+    check_sweep(setting, prov.get("prompts", label))
     return setting
 
 
@@ -114,8 +122,9 @@ def load_setting(name_or_path: str | Path) -> Setting:
     return _build(merged, prov, path.stem, file_label(path), [file_label(p) for p, _ in chain])
 
 
-def prompt_setting(prompt: str, *, base: str | Path = BASE_NAME) -> Setting:
-    """The zero-shot setting `bench run --prompt NAME` runs: the base setting with that prompt."""
+def prompt_setting(prompt: str, *, base: str | Path = BASE_NAME, model: str | None = None) -> Setting:
+    """The zero-shot setting `bench run --prompt NAME [--model ID_OR_DIR]` runs: the base setting
+    with that prompt; with a model, on the `vlm` backend (run name prompt-NAME--MODEL)."""
     base_path = find_setting_file(base)
     chain = read_chain(base_path)
     merged, prov = merge_chain(chain)
@@ -132,8 +141,16 @@ def prompt_setting(prompt: str, *, base: str | Path = BASE_NAME) -> Setting:
     merged["prompt"] = prompt
     merged["description"] = f"zero-shot with prompt {prompt!r} (bench run --prompt)"
     prov["prompt"] = label
+    name = f"prompt-{Path(prompt).stem}"
+    if model is not None:
+        if not model.strip():
+            raise BenchError("bench run --model: give a hub id or a model folder")
+        merged["backends"] = ["vlm"]
+        merged.setdefault("models", {})["vlm"] = {"model": resolve_path_value(model, Path.cwd())}
+        merged["description"] = f"zero-shot {model} with prompt {prompt!r} (bench run --prompt --model)"
+        name = f"{name}--{model_slug(model)}"
     order = [*(file_label(p) for p, _ in chain), label]
-    return _build(merged, prov, f"prompt-{Path(prompt).stem}", file_label(base_path), order)
+    return _build(merged, prov, name, file_label(base_path), order)
 
 
 def setting_files() -> list[Path]:
@@ -152,3 +169,10 @@ def settings_in_group(group: str) -> list[Setting]:
         raise BenchError(f"settings/: no setting has group = {group!r} (groups: {', '.join(groups) or 'none'})")
     return found
 
+
+def expanded(settings: list[Setting]) -> list[Setting]:
+    """Each setting, a sweep replaced by its one-run settings (bench.sweep)."""
+    from bench.sweep import expand_setting
+
+    lora = {name: info.supports_lora for name, info in backend_catalog().items()}
+    return [one for s in settings for one in expand_setting(s, lora)]

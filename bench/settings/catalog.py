@@ -8,7 +8,7 @@ stays fast.
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ class BackendInfo:
     module: str
     supports_lora: bool
     default_model: str | None
+    default_max_new_tokens: int = 30  # generation.max_new_tokens when a setting leaves it unset
+    default_options: dict[str, Any] = field(default_factory=dict)  # recorded in config.json
 
 
 def _class_attr(node: ast.ClassDef, attr: str) -> Any:
@@ -39,6 +41,8 @@ def _class_attr(node: ast.ClassDef, attr: str) -> Any:
         for target in targets:
             if isinstance(target, ast.Name) and target.id == attr and isinstance(value, ast.Constant):
                 return value.value
+            if isinstance(target, ast.Name) and target.id == attr and isinstance(value, ast.Dict):
+                return ast.literal_eval(value)
     return None
 
 
@@ -69,6 +73,8 @@ def _catalog_from(folder: str, stamp: tuple[tuple[str, float], ...]) -> dict[str
                 module=f"bench.backends.{path.stem}",
                 supports_lora=bool(_class_attr(node, "supports_lora")),
                 default_model=_class_attr(node, "default_model"),
+                default_max_new_tokens=_class_attr(node, "default_max_new_tokens") or 30,
+                default_options=_class_attr(node, "default_options") or {},
             )
     return catalog
 
@@ -95,7 +101,9 @@ def lora_backends() -> tuple[str, ...]:
 
 
 def zero_shot_backends() -> tuple[str, ...]:
-    return ordered_backends([b.name for b in backend_catalog().values() if not b.supports_lora])
+    """Zero-shot backends a setting with a prompt runs when it names none: those with a default
+    model (`vlm` has none: it runs the models a setting or `--model` names)."""
+    return ordered_backends([b.name for b in backend_catalog().values() if not b.supports_lora and b.default_model])
 
 
 def is_lora_backend(backend: str) -> bool:

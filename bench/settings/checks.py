@@ -59,7 +59,8 @@ def range_checks(s: Setting) -> list[Check]:
             f"must be 1 with strategy = 'greedy' (got {g.num_beams}); set strategy = 'beam'",
             ("generation.strategy",),
         ),
-        Check("generation.max_new_tokens", g.max_new_tokens >= 1, f"must be >= 1 (got {g.max_new_tokens})"),
+        Check("generation.max_new_tokens", g.max_new_tokens is None or g.max_new_tokens >= 1,
+              f"must be >= 1 (got {g.max_new_tokens})"),
         Check(
             "generation.no_repeat_ngram_size",
             g.no_repeat_ngram_size >= 0,
@@ -107,7 +108,7 @@ def semantic_checks(merged: dict[str, Any], prov: Provenance, label: str) -> tup
     def where(key: str) -> str:
         return prov.get(key, label)
 
-    prompt = merged.get("prompt")
+    prompt = merged.get("prompt") or merged.get("prompts")  # `prompts`: a sweep (bench.sweep)
     if "backends" in merged:
         backends = merged["backends"]
         if not backends:

@@ -37,7 +37,7 @@ SECTIONS: dict[str, type] = {
     "scoring": ScoringConfig,
 }
 # Top-level keys that are plain values (the rest of Setting is derived or a table).
-SCALARS: tuple[str, ...] = ("description", "group", "seed", "prompt")
+SCALARS: tuple[str, ...] = ("description", "group", "seed", "prompt", "prompts")
 TOP_KEYS: tuple[str, ...] = ("extends", "backends", "models", *SCALARS, *SECTIONS)
 # Tables that only mean something when a LoRA backend is trained.
 LORA_ONLY_SECTIONS: tuple[str, ...] = ("lora", "train")
@@ -125,7 +125,7 @@ def _check_fields(raw: dict[str, Any], cls: type, prefix: str, label: str) -> di
     return out
 
 
-def _resolve_path_value(value: str, base_dir: Path) -> str:
+def resolve_path_value(value: str, base_dir: Path) -> str:
     """Expand ${BENCH_...}/~ and make ./relative paths relative to the file that wrote them."""
     value = paths.expand(value)
     if value.startswith(("./", "../")):
@@ -157,7 +157,7 @@ def check_file(raw: dict[str, Any], label: str, base_dir: Path) -> dict[str, Any
             out.update(_check_fields({key: value}, Setting, "", label))
     for section, key in (("scoring", "clip_model"), ("data", "dataset")):
         if isinstance(out.get(section, {}).get(key), str):
-            out[section][key] = _resolve_path_value(out[section][key], base_dir)
+            out[section][key] = resolve_path_value(out[section][key], base_dir)
     return out
 
 
@@ -175,11 +175,13 @@ def _check_models(raw: Any, label: str, base_dir: Path) -> dict[str, Any]:
         if "model" in checked:
             if not checked["model"].strip():
                 raise file_error(label, f"models.{backend}.model is empty")
-            checked["model"] = _resolve_path_value(checked["model"], base_dir)
+            checked["model"] = resolve_path_value(checked["model"], base_dir)
+        if "models" in checked:  # a sweep's model list: folders resolved alike
+            checked["models"] = tuple(resolve_path_value(m, base_dir) for m in checked["models"])
         # Options may name model folders too (clip-flan-t5's vision_model): expand them alike.
         for key, value in checked.get("options", {}).items():
             if isinstance(value, str):
-                checked["options"][key] = _resolve_path_value(value, base_dir)
+                checked["options"][key] = resolve_path_value(value, base_dir)
         out[backend] = checked
     return out
 
