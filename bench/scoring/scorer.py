@@ -89,12 +89,6 @@ def validate_inputs(preds: Mapping[str, Any], refs: Mapping[str, Any], source: s
                 raise BenchError(f"references: image {key!r} reference {j} is not a string (got {type(cap).__name__})")
 
 
-def _default_load_image(path: Path) -> Any:
-    from bench.data import load_image
-
-    return load_image(path)
-
-
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]] | None]:
     if not enabled:
@@ -126,13 +120,11 @@ class Scorer:
         clip_model: str = DEFAULT_CLIP_MODEL,
         device: str = "cpu",
         clip_batch_size: int = 64,
-        load_image: Callable[[Path], Any] | None = None,
     ) -> None:
         self.metrics = parse_metrics(metrics)
         self.clip_model = clip_model
         self._text: dict[str, TextMetric] = {}
         self._clip = ClipScorer(clip_model, device=device, batch_size=clip_batch_size)
-        self._load_image = load_image or _default_load_image
 
     def __enter__(self) -> "Scorer":
         return self
@@ -236,7 +228,7 @@ class Scorer:
             raise BenchError(f"images: {len(missing)} scored images have no image file ({_examples(missing)})")
         with _progress(progress) as hook:
             scores = self._clip.score(
-                [preds[i] for i in ids], [list(refs[i]) for i in ids], [Path(images[i]) for i in ids], self._load_image, hook
+                [preds[i] for i in ids], [list(refs[i]) for i in ids], [Path(images[i]) for i in ids], hook
             )
         corpus["CLIPScore"] = float(scores.clip_s.mean())
         corpus["RefCLIPScore"] = float(scores.refclip_s.mean())
