@@ -11,7 +11,7 @@ import fnmatch
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,9 @@ class RunData:
     results: dict[str, Any]
     loss_csv: Path | None
     attend_pngs: tuple[Path, ...]
+    # image_id -> the METEOR jar's statistics of that image (metrics.json "meteor_stats"); empty
+    # for runs scored before bench kept them.
+    meteor_stats: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -84,6 +87,25 @@ def _metric_dict(obj: Any, path: Path, where: str) -> dict[str, float]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise BenchError(f"{path}: key '{where}.{name}' must be a finite number")
         out[str(name)] = float(value)
+    return out
+
+
+def _meteor_stats(obj: Any, path: Path) -> dict[str, tuple[float, ...]]:
+    """metrics.json "meteor_stats": image_id -> 23 finite numbers."""
+    from bench.report.meteor import STATS_LENGTH
+
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise BenchError(f"{path}: key 'meteor_stats' must be an object keyed by image_id")
+    out: dict[str, tuple[float, ...]] = {}
+    for image_id, row in obj.items():
+        ok = isinstance(row, list) and len(row) == STATS_LENGTH and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row
+        )
+        if not ok:
+            raise BenchError(f"{path}: key 'meteor_stats.{image_id}' must be a list of {STATS_LENGTH} finite numbers")
+        out[str(image_id)] = tuple(float(v) for v in row)
     return out
 
 
@@ -152,6 +174,7 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
         raise BenchError(f"{pred_path}: no caption for image_id {missing[0]!r} (listed in split.json; {len(missing)} missing)")
 
     per_image: dict[str, dict[str, float]] = {}
+    meteor_stats: dict[str, tuple[float, ...]] = {}
     metrics_path = folder / "metrics.json"
     if metrics_path.exists():
         scored = read_json(metrics_path)
@@ -164,6 +187,7 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
             raise BenchError(f"{metrics_path}: key 'per_image' must be an object keyed by image_id")
         for image_id, values in raw.items():
             per_image[str(image_id)] = _metric_dict(values, metrics_path, f"per_image.{image_id}")
+        meteor_stats = _meteor_stats(scored.get("meteor_stats"), metrics_path)
 
     loss = folder / "train" / "loss.csv"
     attend = folder / "attend"
@@ -187,6 +211,7 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
         results=results,
         loss_csv=loss if loss.is_file() else None,
         attend_pngs=tuple(sorted(attend.glob("*.png"))) if attend.is_dir() else (),
+        meteor_stats=meteor_stats,
     )
 
 
