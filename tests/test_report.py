@@ -332,7 +332,7 @@ def test_every_interval_contains_its_value(report):
     """`value [lo, hi]` never excludes its own value, in the markdown and in the JSON."""
     import re
 
-    result, md, data = report
+    _, md, data = report
     cells = re.findall(r"(-?\d+\.\d+)\**\s*\[(-?\d+\.\d+), (-?\d+\.\d+)\]", md)
     assert len(cells) >= 20
     for value, lo, hi in cells:

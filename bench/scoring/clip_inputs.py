@@ -99,22 +99,28 @@ class ClipTokens:
         from tokenizers import Tokenizer
 
         self.context_length = context_length
+        self.sot_id = int(tokenizer.bos_token_id)
         self.eot_id = int(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id
         self.pad_id = self.eot_id if pad is None else int(pad)
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._backend = None
         self._tokenizer = tokenizer
+        self._add_specials = False
         if backend is not None:
             self._backend = Tokenizer.from_str(backend.to_str())
             self._backend.normalizer = None
             self._backend.no_padding()
+            probe = self._backend.encode("a").ids
+            # Start and end tokens come from the post-processor (CLIP's does); else add them here.
+            self._add_specials = not (probe[:1] == [self.sot_id] and probe[-1:] == [self.eot_id])
             # One token past the context tells "was truncated" without tokenizing 10,000 characters.
-            self._backend.enable_truncation(max_length=context_length + 1)
+            self._backend.enable_truncation(max_length=context_length + (-1 if self._add_specials else 1))
 
     def _ids(self, cleaned: list[str]) -> list[list[int]]:
         if self._backend is not None:
-            return [e.ids for e in self._backend.encode_batch(cleaned)]
+            ids = [e.ids for e in self._backend.encode_batch(cleaned)]
+            return [[self.sot_id, *x, self.eot_id] for x in ids] if self._add_specials else ids
         # A tokenizer without a `tokenizers` backend: its own normalisation applies on top.
         return self._tokenizer(cleaned, truncation=True, max_length=self.context_length + 1)["input_ids"]
 
