@@ -156,3 +156,24 @@ def test_published_report_intervals_contain_their_values(scored, bench_env):
     stats = scored["zerocap"][2][:N_REPORT][order]
     boot = bootstrap([["x"]] * N_REPORT, [RunInput("z", ["x"] * N_REPORT, {}, stats)], n_boot=1000, seed=0)
     assert (zerocap["lo"], zerocap["hi"]) == pytest.approx(boot.ci("z", "METEOR"), abs=1e-12)
+
+
+@pytest.mark.parametrize("bad", [{"a": [1.0] * 22}, {"a": ["1"] * 23}, [1.0] * 23, {"a": [float("nan")] * 23}])
+def test_malformed_statistics_are_one_line_errors(tmp_path, bad):
+    from bench.errors import BenchError
+    from bench.report.load import load_run
+    from bench.report.testing import write_run
+
+    folder = write_run(
+        tmp_path, setting="s", backend="b", kind="external", dataset="d", fingerprint="f",
+        samples=[{"image_id": "a", "refs": ["a dog"]}], captions={"a": "a dog"}, corpus={"METEOR": 1.0},
+    )
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["meteor_stats"] = {"a": [1.0] * 23}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    assert load_run(folder).meteor_stats == {"a": (1.0,) * 23}
+    metrics["meteor_stats"] = bad
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(BenchError, match=r"metrics\.json: key 'meteor_stats") as err:
+        load_run(folder)
+    assert "\n" not in str(err.value)

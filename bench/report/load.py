@@ -129,15 +129,8 @@ def read_results(folder: Path) -> dict[str, Any]:
     return results
 
 
-def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
-    """Read one finished run folder (results.json present)."""
-    res_path = folder / "results.json"
-    results = read_results(folder) if results is None else results
-    run, kind = results["run"], results["kind"]
-    dataset, fingerprint = results["dataset"], results["fingerprint"]
-    metrics = _metric_dict(results.get("metrics"), res_path, "metrics")
-
-    split_path = folder / "split.json"
+def _read_split(split_path: Path, fingerprint: str) -> tuple[list[str], list[Path | None], list[tuple[str, ...]]]:
+    """Image ids, image paths and references of a run's split.json, checked."""
     split = read_json(split_path)
     samples = _need(split, "samples", split_path, list)
     if split.get("fingerprint", fingerprint) != fingerprint:
@@ -159,6 +152,39 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
         raise BenchError(f"{split_path}: key 'samples' is empty")
     if len(set(ids)) != len(ids):
         raise BenchError(f"{split_path}: key 'samples' lists an image_id twice")
+    return ids, paths, refs
+
+
+def _read_metrics_json(
+    metrics_path: Path, metrics: dict[str, float]
+) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, tuple[float, ...]]]:
+    """(corpus metrics: results.json's if any, else metrics.json's; per-image scores; METEOR
+    statistics) of a run; empty when metrics.json does not exist."""
+    per_image: dict[str, dict[str, float]] = {}
+    if not metrics_path.exists():
+        return metrics, per_image, {}
+    scored = read_json(metrics_path)
+    if not isinstance(scored, dict):
+        raise BenchError(f"{metrics_path}: expected a JSON object")
+    if not metrics:
+        metrics = _metric_dict(scored.get("corpus"), metrics_path, "corpus")
+    raw = scored.get("per_image") or {}
+    if not isinstance(raw, dict):
+        raise BenchError(f"{metrics_path}: key 'per_image' must be an object keyed by image_id")
+    for image_id, values in raw.items():
+        per_image[str(image_id)] = _metric_dict(values, metrics_path, f"per_image.{image_id}")
+    return metrics, per_image, _meteor_stats(scored.get("meteor_stats"), metrics_path)
+
+
+def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
+    """Read one finished run folder (results.json present)."""
+    res_path = folder / "results.json"
+    results = read_results(folder) if results is None else results
+    run, kind = results["run"], results["kind"]
+    dataset, fingerprint = results["dataset"], results["fingerprint"]
+    metrics = _metric_dict(results.get("metrics"), res_path, "metrics")
+
+    ids, paths, refs = _read_split(folder / "split.json", fingerprint)
 
     pred_path = folder / "predictions.jsonl"
     if not pred_path.exists():
@@ -173,21 +199,7 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
     if missing:
         raise BenchError(f"{pred_path}: no caption for image_id {missing[0]!r} (listed in split.json; {len(missing)} missing)")
 
-    per_image: dict[str, dict[str, float]] = {}
-    meteor_stats: dict[str, tuple[float, ...]] = {}
-    metrics_path = folder / "metrics.json"
-    if metrics_path.exists():
-        scored = read_json(metrics_path)
-        if not isinstance(scored, dict):
-            raise BenchError(f"{metrics_path}: expected a JSON object")
-        if not metrics:
-            metrics = _metric_dict(scored.get("corpus"), metrics_path, "corpus")
-        raw = scored.get("per_image") or {}
-        if not isinstance(raw, dict):
-            raise BenchError(f"{metrics_path}: key 'per_image' must be an object keyed by image_id")
-        for image_id, values in raw.items():
-            per_image[str(image_id)] = _metric_dict(values, metrics_path, f"per_image.{image_id}")
-        meteor_stats = _meteor_stats(scored.get("meteor_stats"), metrics_path)
+    metrics, per_image, meteor_stats = _read_metrics_json(folder / "metrics.json", metrics)
 
     loss = folder / "train" / "loss.csv"
     attend = folder / "attend"
