@@ -101,8 +101,20 @@ def paper_clipscore(model_dir: Path, cands: dict[str, str], refs: dict[str, list
             feats = model.get_text_features(**enc).pooler_output.numpy()
         return feats / np.linalg.norm(feats, axis=1, keepdims=True)
 
-    pil = [Image.open(images[i]).convert("RGB") for i in ids]
-    pixels = proc.image_processor(images=pil, return_tensors="pt")["pixel_values"]
+    # The reference's torchvision transform on PIL images (Resize short side, CenterCrop with
+    # rounded offsets, then RGB), written out; transformers' image processor floors the offsets.
+    n_px = model.config.vision_config.image_size
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
+    tensors = []
+    for i in ids:
+        im = Image.open(images[i])
+        w, h = im.size
+        im = im.resize((n_px, n_px * h // w) if w <= h else (n_px * w // h, n_px), Image.BICUBIC)
+        top, left = round((im.height - n_px) / 2), round((im.width - n_px) / 2)
+        im = im.crop((left, top, left + n_px, top + n_px)).convert("RGB")
+        tensors.append((torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255 - mean) / std)
+    pixels = torch.stack(tensors)
     with torch.no_grad():
         img = model.get_image_features(pixel_values=pixels).pooler_output.numpy()
     img = img / np.linalg.norm(img, axis=1, keepdims=True)

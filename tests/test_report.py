@@ -326,3 +326,22 @@ def test_cells_are_escaped_folded_and_truncated():
     assert cell("x" * 100, 10) == "x" * 9 + "…"
     assert cell("<" * 100, 5) == "&lt;" * 4 + "…"  # truncated before escaping: no cut entity
     assert cell("nul\x00bell\x07") == "nulbell"
+
+
+def test_every_interval_contains_its_value(report):
+    """`value [lo, hi]` never excludes its own value, in the markdown and in the JSON."""
+    import re
+
+    _, md, data = report
+    cells = re.findall(r"(-?\d+\.\d+)\**\s*\[(-?\d+\.\d+), (-?\d+\.\d+)\]", md)
+    assert len(cells) >= 20
+    for value, lo, hi in cells:
+        assert float(lo) <= float(value) <= float(hi), f"{value} [{lo}, {hi}]"
+    checked = 0
+    for section in data["sections"]:
+        for run in section["runs"]:
+            for name, m in run["metrics"].items():
+                if m["lo"] is not None:
+                    assert m["lo"] <= m["value"] <= m["hi"], (run["run"], name, m)
+                    checked += 1
+    assert 0 < checked <= len(cells)  # the markdown repeats some cells across its tables

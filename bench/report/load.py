@@ -11,7 +11,7 @@ import fnmatch
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ class RunData:
     results: dict[str, Any]
     loss_csv: Path | None
     attend_pngs: tuple[Path, ...]
+    # image_id -> the METEOR jar's statistics of that image (metrics.json "meteor_stats"); empty
+    # for runs scored before bench kept them.
+    meteor_stats: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -88,6 +91,25 @@ def _metric_dict(obj: Any, path: Path, where: str) -> dict[str, float]:
     return out
 
 
+def _meteor_stats(obj: Any, path: Path) -> dict[str, tuple[float, ...]]:
+    """metrics.json "meteor_stats": image_id -> 23 finite numbers."""
+    from bench.report.meteor import STATS_LENGTH
+
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise BenchError(f"{path}: key 'meteor_stats' must be an object keyed by image_id")
+    out: dict[str, tuple[float, ...]] = {}
+    for image_id, row in obj.items():
+        ok = isinstance(row, list) and len(row) == STATS_LENGTH and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row
+        )
+        if not ok:
+            raise BenchError(f"{path}: key 'meteor_stats.{image_id}' must be a list of {STATS_LENGTH} finite numbers")
+        out[str(image_id)] = tuple(float(v) for v in row)
+    return out
+
+
 def _image_path(raw: Any) -> Path | None:
     if not isinstance(raw, str) or not raw:
         return None
@@ -117,7 +139,7 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
     metrics = _metric_dict(results.get("metrics"), res_path, "metrics")
     ids, paths, refs = _read_split(folder / "split.json", fingerprint)
     captions = _read_captions(folder / "predictions.jsonl", ids)
-    metrics, per_image = _read_metrics(folder / "metrics.json", metrics)
+    metrics, per_image, meteor_stats = _read_metrics(folder / "metrics.json", metrics)
 
     loss = folder / "train" / "loss.csv"
     attend = folder / "attend"
@@ -139,6 +161,7 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
         captions=tuple(captions[i] for i in ids),
         metrics=metrics,
         per_image=per_image,
+        meteor_stats=meteor_stats,
         results=results,
         loss_csv=loss if loss.is_file() else None,
         attend_pngs=tuple(sorted(attend.glob("*.png"))) if attend.is_dir() else (),
@@ -189,21 +212,23 @@ def _read_captions(pred_path: Path, ids: list[str]) -> dict[str, str]:
 
 def _read_metrics(
     metrics_path: Path, metrics: dict[str, float]
-) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Corpus metrics (results.json's, else metrics.json's) and per-image metrics of metrics.json."""
+) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, tuple[float, ...]]]:
+    """(corpus metrics: results.json's if any, else metrics.json's; per-image scores; METEOR
+    statistics) of a run; empty when metrics.json does not exist."""
     per_image: dict[str, dict[str, float]] = {}
-    if metrics_path.exists():
-        scored = read_json(metrics_path)
-        if not isinstance(scored, dict):
-            raise BenchError(f"{metrics_path}: expected a JSON object")
-        if not metrics:
-            metrics = _metric_dict(scored.get("corpus"), metrics_path, "corpus")
-        raw = scored.get("per_image") or {}
-        if not isinstance(raw, dict):
-            raise BenchError(f"{metrics_path}: key 'per_image' must be an object keyed by image_id")
-        for image_id, values in raw.items():
-            per_image[str(image_id)] = _metric_dict(values, metrics_path, f"per_image.{image_id}")
-    return metrics, per_image
+    if not metrics_path.exists():
+        return metrics, per_image, {}
+    scored = read_json(metrics_path)
+    if not isinstance(scored, dict):
+        raise BenchError(f"{metrics_path}: expected a JSON object")
+    if not metrics:
+        metrics = _metric_dict(scored.get("corpus"), metrics_path, "corpus")
+    raw = scored.get("per_image") or {}
+    if not isinstance(raw, dict):
+        raise BenchError(f"{metrics_path}: key 'per_image' must be an object keyed by image_id")
+    for image_id, values in raw.items():
+        per_image[str(image_id)] = _metric_dict(values, metrics_path, f"per_image.{image_id}")
+    return metrics, per_image, _meteor_stats(scored.get("meteor_stats"), metrics_path)
 
 
 def find_runs(runs_root: Path, *, dataset: str | None = None, runs_glob: str | None = None) -> list[RunData]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from bench.report.bootstrap import ALL_METRICS, BootstrapResult, RunInput, bootstrap, rouge_per_image
 from bench.report.diagnostics import Cost, Degeneration, cost, degeneration
 from bench.report.load import RunData
+from bench.report.meteor import JarStats
 from bench.report.tokens import RunTokens
 
 HEADLINE = ("CIDEr", "CLIPScore", "RefCLIPScore", "BLEU-4", "METEOR", "ROUGE-L")
@@ -101,6 +103,56 @@ def default_baseline(runs: Sequence[RunSummary]) -> str:
     return sorted(zero or runs, key=_cider_key)[0].name
 
 
+def _meteor_stats(
+    run: RunData, image_ids: Sequence[str], ref_tokens: list, cands: tuple[str, ...], jar: JarStats
+) -> np.ndarray | None:
+    """The run's per-image METEOR statistics in the section's image order: as recorded in
+    metrics.json, else (runs scored before bench kept them) recomputed by the jar from the same
+    tokenized text; None when the run has no METEOR."""
+    if run.meteor_stats and all(i in run.meteor_stats for i in image_ids):
+        return np.asarray([run.meteor_stats[i] for i in image_ids], dtype=np.float64)
+    if "METEOR" not in run.metrics:
+        return None
+    return jar.stats(ref_tokens, cands)
+
+
+def _bootstrap_inputs(
+    group: Sequence[RunData], tokens: dict[str, RunTokens], image_ids: tuple[str, ...], ref_tokens: list
+) -> list[RunInput]:
+    """Each run's tokenized captions, per-image scores and METEOR statistics in the section's order."""
+    inputs: list[RunInput] = []
+    with closing(JarStats()) as jar:
+        for run in group:
+            pos = {image_id: k for k, image_id in enumerate(run.image_ids)}
+            cands = tuple(tokens[run.run].captions[pos[i]] for i in image_ids)
+            per_image: dict[str, np.ndarray] = {}
+            for metric in ("METEOR", "ROUGE-L", "CLIPScore", "RefCLIPScore"):
+                values = [run.per_image.get(i, {}).get(metric) for i in image_ids]
+                if all(v is not None for v in values):
+                    per_image[metric] = np.asarray(values, dtype=np.float64)
+            if "ROUGE-L" not in per_image:
+                per_image["ROUGE-L"] = rouge_per_image(ref_tokens, cands)
+            inputs.append(RunInput(run.run, cands, per_image, _meteor_stats(run, image_ids, ref_tokens, cands, jar)))
+    return inputs
+
+
+def _baseline_p_values(summaries: list[RunSummary], baseline: str | None, boot: BootstrapResult, notes: list[str]) -> str:
+    """Pick the section's baseline and fill every run's paired p-values against it."""
+    names = [r.name for r in summaries]
+    if baseline is not None and baseline in names:
+        base = baseline
+    else:
+        base = default_baseline(summaries)
+        if baseline is not None:
+            notes.append(f"baseline {baseline} is not among these runs; using {base} (the default)")
+    for r in summaries:
+        for m in ALL_METRICS:
+            p = boot.p_value(r.name, base, m)
+            if p is not None:
+                r.p[m] = p
+    return base
+
+
 def analyse_section(
     group: Sequence[RunData],
     tokens: dict[str, RunTokens],
@@ -114,54 +166,31 @@ def analyse_section(
     order = sorted(range(len(first.image_ids)), key=lambda k: first.image_ids[k])
     image_ids = tuple(first.image_ids[k] for k in order)
     ref_tokens = [tokens[first.run].refs[k] for k in order]
-    aligned = {run.run: _aligned_run(run, tokens, image_ids, ref_tokens) for run in group}
-    inputs = [RunInput(run.run, *aligned[run.run]) for run in group]
+    inputs = _bootstrap_inputs(group, tokens, image_ids, ref_tokens)
 
     boot = bootstrap(ref_tokens, inputs, n_boot=n_boot, seed=seed, progress=progress)
 
     notes: list[str] = []
-    summaries = [_run_summary(run, *aligned[run.run], boot, notes) for run in group]
+    summaries = [_run_summary(run, inp.cands, dict(inp.per_image), boot, notes) for run, inp in zip(group, inputs)]
     summaries.sort(key=_cider_key)
-    base = _section_baseline(summaries, baseline, notes)
-    for r in summaries:
-        for m in ALL_METRICS:
-            p = boot.p_value(r.name, base, m)
-            if p is not None:
-                r.p[m] = p
+    base = _baseline_p_values(summaries, baseline, boot, notes)
     raw_refs = tuple(first.refs[k] for k in order)
     return Section(first.dataset, first.fingerprint, image_ids, raw_refs, summaries, base, notes, boot)
-
-
-def _aligned_run(
-    run: RunData, tokens: dict[str, RunTokens], image_ids: tuple[str, ...], ref_tokens: list[tuple[str, ...]]
-) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
-    """The run's tokenized captions in `image_ids` order and its recorded per-image metrics
-    (ROUGE-L recomputed when the run did not record it)."""
-    pos = {image_id: k for k, image_id in enumerate(run.image_ids)}
-    idx = [pos[i] for i in image_ids]
-    cands = tuple(tokens[run.run].captions[k] for k in idx)
-    per_image: dict[str, np.ndarray] = {}
-    for metric in ("METEOR", "ROUGE-L", "CLIPScore", "RefCLIPScore"):
-        values = [run.per_image.get(i, {}).get(metric) for i in image_ids]
-        if all(v is not None for v in values):
-            per_image[metric] = np.asarray(values, dtype=np.float64)
-    if "ROUGE-L" not in per_image:
-        per_image["ROUGE-L"] = rouge_per_image(ref_tokens, cands)
-    return cands, per_image
 
 
 def _run_summary(
     run: RunData, cands: tuple[str, ...], per_image: dict[str, np.ndarray], boot: BootstrapResult, notes: list[str]
 ) -> RunSummary:
-    """One run's values, CIs and diagnostics; a note when its recorded CIDEr/BLEU-4 differ from
-    the recomputed ones."""
+    """One run's values, CIs and diagnostics; a note when its recorded CIDEr/BLEU-4/METEOR differ
+    from the recomputed ones."""
     recomputed = boot.full[run.run]
     values = {m: run.metrics[m] for m in ALL_METRICS if m in run.metrics}
     for m in _RECOMPUTED:
         if m not in values and m in recomputed:
             values[m] = recomputed[m]
     mismatched = [
-        m for m in ("CIDEr", "BLEU-4") if m in run.metrics and abs(run.metrics[m] - recomputed[m]) > _MISMATCH_TOL
+        m for m in ("CIDEr", "BLEU-4", "METEOR")
+        if m in run.metrics and m in recomputed and abs(run.metrics[m] - recomputed[m]) > _MISMATCH_TOL
     ]
     if mismatched:
         m = mismatched[0]
@@ -182,14 +211,3 @@ def _run_summary(
         degeneration=degeneration(cands),
         cost=cost(run.results),
     )
-
-
-def _section_baseline(summaries: list[RunSummary], baseline: str | None, notes: list[str]) -> str:
-    """--baseline when it is among the runs, else the default (with a note if one was asked for)."""
-    names = [r.name for r in summaries]
-    if baseline is not None and baseline in names:
-        return baseline
-    base = default_baseline(summaries)
-    if baseline is not None:
-        notes.append(f"baseline {baseline} is not among these runs; using {base} (the default)")
-    return base

@@ -41,6 +41,8 @@ def metrics_json(result: Any) -> dict[str, Any]:
         "n_images": int(result.n_images),
         "n_clip_truncated": int(getattr(result, "n_clip_truncated", 0)),
         "clip_model": getattr(result, "clip_model", None),
+        # Per-image METEOR statistics: the report's METEOR intervals are aggregated from them.
+        "meteor_stats": dict(getattr(result, "meteor_stats", None) or {}),
     }
 
 
@@ -54,6 +56,7 @@ def normalize_metrics_json(obj: Mapping[str, Any]) -> dict[str, Any]:
         "n_images": obj.get("n_images"),
         "n_clip_truncated": obj.get("n_clip_truncated", 0),
         "clip_model": obj.get("clip_model"),
+        "meteor_stats": dict(obj.get("meteor_stats") or {}),
     }
 
 

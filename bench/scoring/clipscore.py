@@ -3,8 +3,12 @@
 What the reference code does, and this module mirrors:
 - every text, candidate AND reference, is encoded as ``prefix + text`` with
   ``prefix = 'A photo depicts'`` made to end in one space (`CLIPCapDataset`);
+- images are decoded and transformed exactly as the reference's torchvision pipeline, with PIL
+  and numpy (`bench.scoring.clip_inputs.reference_pixels`), never with the captioning loader or
+  transformers' image processor; texts are cleaned as OpenAI's tokenizer cleans them
+  (`clip_inputs.clean_text`: ftfy, html.unescape twice, whitespace, lower-case) before BPE;
 - texts are cut to CLIP's 77 tokens (``clip.tokenize(..., truncate=True)``: start token, the
-  first 75 text tokens, end token), which is what transformers' truncation produces;
+  first 75 text tokens, end token) and pooled at the end token;
 - features are L2-normalised; CLIP-S = w * max(cos(image, candidate), 0) with w = 2.5;
 - the text side of RefCLIP-S is max over references of cos(candidate, reference), with NO weight;
   RefCLIP-S = 2 a b / (a + b) of a = CLIP-S and b = that text side.
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench.errors import BenchError
+from bench.scoring.clip_inputs import ClipTokens, reference_pixels
 
 CLIP_PREFIX = "A photo depicts"
 CLIP_WEIGHT = 2.5
@@ -98,6 +103,7 @@ class ClipScorer:
         self._model: Any = None
         self._processor: Any = None
         self._device: str | None = None
+        self._tokens: ClipTokens | None = None
 
     # --- loading --------------------------------------------------------------------------
     def load(self) -> None:
@@ -118,22 +124,20 @@ class ClipScorer:
         import torch
 
         self.load()
-        tok = self._processor.tokenizer
-        limit = self.max_tokens
+        if self._tokens is None:
+            self._tokens = ClipTokens(self._processor.tokenizer, self.max_tokens)
         full = [prefixed(t) for t in texts]
         feats: list[np.ndarray] = []
         n_truncated = 0
         for start in range(0, len(full), self.batch_size):
             batch = full[start : start + self.batch_size]
-            # One token past the limit tells "was truncated" without tokenizing 10,000 characters.
-            lengths = tok(batch, truncation=True, max_length=limit + 1)["input_ids"]
-            n_truncated += sum(len(ids) > limit for ids in lengths)
-            # Padding to the full 77 as OpenAI's tokenizer does keeps each row's compute identical
+            # Padded to the full 77 as OpenAI's tokenizer does: each row's compute is identical
             # whatever the batch, so scores do not depend on the batch size.
-            enc = tok(batch, padding="max_length", truncation=True, max_length=limit, return_tensors="pt")
+            ids, mask, cut = self._tokens.encode(batch)
+            n_truncated += cut
             with torch.inference_mode():
                 out = self._model.get_text_features(
-                    input_ids=enc["input_ids"].to(self._device), attention_mask=enc["attention_mask"].to(self._device)
+                    input_ids=torch.from_numpy(ids).to(self._device), attention_mask=torch.from_numpy(mask).to(self._device)
                 )
             feats.append(_pooled(out).float().cpu().numpy())
             if advance:
@@ -142,26 +146,22 @@ class ClipScorer:
         arr = np.vstack(feats) if feats else np.zeros((0, dim), dtype=np.float32)
         return l2_normalize(arr), n_truncated
 
-    def encode_images(
-        self,
-        paths: Sequence[Path],
-        load_image: Callable[[Path], Any],
-        advance: Callable[[int], None] | None = None,
-    ) -> np.ndarray:
-        """Normalised float32 image features; images are decoded in threads (PIL frees the GIL)."""
+    def encode_images(self, paths: Sequence[Path], advance: Callable[[int], None] | None = None) -> np.ndarray:
+        """Normalised float32 image features of image files, decoded as the reference code does
+        (`reference_pixels`) in threads (PIL frees the GIL)."""
         import torch
 
         self.load()
+        n_px = int(self._model.config.vision_config.image_size)
         feats: list[np.ndarray] = []
         with ThreadPoolExecutor(max_workers=4) as pool:
             for start in range(0, len(paths), self.batch_size):
-                images = list(pool.map(load_image, paths[start : start + self.batch_size]))
-                pixels = self._processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+                pixels = np.stack(list(pool.map(lambda p: reference_pixels(p, n_px), paths[start : start + self.batch_size])))
                 with torch.inference_mode():
-                    out = self._model.get_image_features(pixel_values=pixels.to(self._device, torch.float32))
+                    out = self._model.get_image_features(pixel_values=torch.from_numpy(pixels).to(self._device))
                 feats.append(_pooled(out).float().cpu().numpy())
                 if advance:
-                    advance(len(images))
+                    advance(len(pixels))
         dim = int(self._model.config.projection_dim)
         arr = np.vstack(feats) if feats else np.zeros((0, dim), dtype=np.float32)
         return l2_normalize(arr)
@@ -172,7 +172,6 @@ class ClipScorer:
         candidates: Sequence[str],
         references: Sequence[Sequence[str]],
         image_paths: Sequence[Path],
-        load_image: Callable[[Path], Any],
         progress: ProgressHook | None = None,
     ) -> ClipScores:
         """Row-aligned candidates, reference lists and images -> per-image CLIP-S and RefCLIP-S."""
@@ -181,7 +180,7 @@ class ClipScorer:
         flat_refs = [r for refs in references for r in refs]
         n_texts = len(candidates) + len(flat_refs)
         img_adv = progress("CLIP images", len(image_paths)) if progress else None
-        image_feats = self.encode_images(image_paths, load_image, img_adv)
+        image_feats = self.encode_images(image_paths, img_adv)
         txt_adv = progress("CLIP texts", n_texts) if progress else None
         text_feats, n_truncated = self.encode_texts(list(candidates) + flat_refs, txt_adv)
         cand_feats = text_feats[: len(candidates)]
@@ -197,6 +196,7 @@ class ClipScorer:
     def close(self) -> None:
         self._model = None
         self._processor = None
+        self._tokens = None
 
 
 def _from_pretrained(name: str) -> tuple[Any, Any]:

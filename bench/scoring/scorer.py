@@ -36,6 +36,9 @@ class ScoreResult:
     n_clip_truncated: int = 0
     clip_model: str | None = None
     metrics: tuple[str, ...] = field(default=())
+    # image id -> the METEOR jar's 23 sufficient statistics of that image (its answer to the SCORE
+    # line); the report aggregates resampled images from them exactly as the jar does.
+    meteor_stats: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self, per_image: bool = False) -> dict[str, Any]:
         """Corpus scores and n_images; CLIP details only when CLIP scores were computed."""
@@ -46,6 +49,8 @@ class ScoreResult:
             out["clip_model"] = self.clip_model
         if per_image:
             out["per_image"] = self.per_image
+            if self.meteor_stats:
+                out["meteor_stats"] = self.meteor_stats
         return out
 
 
@@ -89,12 +94,6 @@ def validate_inputs(preds: Mapping[str, Any], refs: Mapping[str, Any], source: s
                 raise BenchError(f"references: image {key!r} reference {j} is not a string (got {type(cap).__name__})")
 
 
-def _default_load_image(path: Path) -> Any:
-    from bench.data import load_image
-
-    return load_image(path)
-
-
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]] | None]:
     if not enabled:
@@ -126,13 +125,11 @@ class Scorer:
         clip_model: str = DEFAULT_CLIP_MODEL,
         device: str = "cpu",
         clip_batch_size: int = 64,
-        load_image: Callable[[Path], Any] | None = None,
     ) -> None:
         self.metrics = parse_metrics(metrics)
         self.clip_model = clip_model
         self._text: dict[str, TextMetric] = {}
         self._clip = ClipScorer(clip_model, device=device, batch_size=clip_batch_size)
-        self._load_image = load_image or _default_load_image
 
     def __enter__(self) -> "Scorer":
         return self
@@ -174,8 +171,9 @@ class Scorer:
         corpus: dict[str, float] = {}
         per_image: dict[str, dict[str, float]] = {i: {} for i in ids}
         text_names = [m for m in self.metrics if m in TEXT_METRICS]
+        meteor_stats: dict[str, list[float]] = {}
         if text_names:
-            self._score_text(text_names, ids, preds, refs, corpus, per_image)
+            meteor_stats = self._score_text(text_names, ids, preds, refs, corpus, per_image)
         n_truncated, clip_used = 0, None
         if "clipscore" in self.metrics and images is not None:
             n_truncated = self._score_clip(ids, preds, refs, images, progress, corpus, per_image)
@@ -190,6 +188,7 @@ class Scorer:
             n_clip_truncated=n_truncated,
             clip_model=clip_used,
             metrics=self.metrics,
+            meteor_stats=meteor_stats,
         )
 
     def _score_text(
@@ -200,7 +199,8 @@ class Scorer:
         refs: Mapping[str, Sequence[str]],
         corpus: dict[str, float],
         per_image: dict[str, dict[str, float]],
-    ) -> None:
+    ) -> dict[str, list[float]]:
+        """Fill corpus and per_image; return METEOR's per-image statistics (empty without METEOR)."""
         metrics = {name: self._metric(name) for name in names}
         meteor = metrics.pop("meteor", None)
         if isinstance(meteor, MeteorMetric):
@@ -208,11 +208,13 @@ class Scorer:
         gts, res = tokenize({i: list(refs[i]) for i in ids}, {i: [preds[i]] for i in ids})
         # METEOR is a round trip per image to its JVM; it runs in a thread beside the Python
         # scorers (it waits on a pipe, so it does not hold the GIL).
+        stats: list[list[float]] = []
         with ThreadPoolExecutor(max_workers=1) as pool:
-            meteor_future = pool.submit(meteor.compute_score, gts, res) if meteor is not None else None
+            meteor_future = pool.submit(meteor.compute_with_stats, gts, res) if isinstance(meteor, MeteorMetric) else None
             results = [(m.names, m.compute_score(gts, res)) for m in metrics.values()]
             if meteor_future is not None:
-                results.append((meteor.names, meteor_future.result()))  # type: ignore[union-attr]
+                score, scores, stats = meteor_future.result()
+                results.append((MeteorMetric.names, (score, scores)))
         for names_, (score, scores) in results:
             if len(names_) == 1:
                 score, scores = [score], [scores]
@@ -220,6 +222,7 @@ class Scorer:
                 corpus[key] = float(value)
                 for image_id, v in zip(ids, per):
                     per_image[image_id][key] = float(v)
+        return dict(zip(ids, stats))
 
     def _score_clip(
         self,
@@ -236,7 +239,7 @@ class Scorer:
             raise BenchError(f"images: {len(missing)} scored images have no image file ({_examples(missing)})")
         with _progress(progress) as hook:
             scores = self._clip.score(
-                [preds[i] for i in ids], [list(refs[i]) for i in ids], [Path(images[i]) for i in ids], self._load_image, hook
+                [preds[i] for i in ids], [list(refs[i]) for i in ids], [Path(images[i]) for i in ids], hook
             )
         corpus["CLIPScore"] = float(scores.clip_s.mean())
         corpus["RefCLIPScore"] = float(scores.refclip_s.mean())

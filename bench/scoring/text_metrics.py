@@ -142,19 +142,43 @@ class MeteorMetric:
             raise BenchError(JAVA_MISSING) from exc
 
     def compute_score(self, gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float, list[float]]:
+        score, scores, _ = self.compute_with_stats(gts, res)
+        return score, scores
+
+    def compute_with_stats(
+        self, gts: dict[str, list[str]], res: dict[str, list[str]]
+    ) -> tuple[float, list[float], list[list[float]]]:
+        """pycocoevalcap's Meteor.compute_score, keeping each image's statistics (the jar's answer
+        to its SCORE line) so that bootstrap resamples can be aggregated as the jar aggregates."""
         self.start()
+        meteor = self._meteor
         try:
-            score, scores = self._meteor.compute_score(gts, res)  # type: ignore[union-attr]
+            with meteor.lock:  # type: ignore[union-attr]
+                return self._score_and_eval(gts, res)
         except (ValueError, BrokenPipeError, OSError) as exc:
             # The jar died (e.g. not enough memory for -Xmx2G): its last stderr line says why.
-            # pycocoevalcap holds its lock over the whole call and never releases it on error.
-            lock = self._meteor.lock  # type: ignore[union-attr]
-            if lock.locked():
-                lock.release()
             detail = self._jar_error()
             self.close()
             raise BenchError(f"METEOR (Java) failed: {detail or exc}") from exc
-        return float(score), [float(x) for x in scores]
+
+    def _score_and_eval(self, gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float, list[float], list[list[float]]]:
+        """The lines pycocoevalcap's compute_score sends: one SCORE per image (through its own
+        `_stat`, so the text is cleaned exactly as it cleans it), then one EVAL of all statistics."""
+        meteor = self._meteor
+        if gts.keys() != res.keys():
+            raise BenchError("METEOR: references and candidates have different image ids")
+        stats = []
+        for key in gts:
+            if len(res[key]) != 1:
+                raise BenchError(f"METEOR: image {key!r} needs exactly one candidate")
+            stats.append(meteor._stat(res[key][0], gts[key]))  # type: ignore[union-attr]
+        proc = meteor.meteor_p  # type: ignore[union-attr]
+        proc.stdin.write(("EVAL" + "".join(f" ||| {line}" for line in stats) + "\n").encode())
+        proc.stdin.flush()
+        scores = [float(proc.stdout.readline().strip()) for _ in stats]
+        score = float(proc.stdout.readline().strip())
+        parsed = [[float(x) for x in line.split()] for line in stats]
+        return score, scores, parsed
 
     def _jar_error(self) -> str:
         proc = self._meteor.meteor_p if self._meteor is not None else None  # type: ignore[attr-defined]
