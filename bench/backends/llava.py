@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from bench.backends._vlm_lora import VlmLoraMixin, keep_vlm_parts_full
 from bench.backends.base import Batch, Captioner, register_backend
 from bench.config import GenerationConfig, ModelConfig
 from bench.errors import BenchError
@@ -210,9 +211,10 @@ class LlavaCollate:
 # --- the backend ------------------------------------------------------------------------------------
 
 @register_backend("llava")
-class LlavaCaptioner(Captioner):
+class LlavaCaptioner(VlmLoraMixin, Captioner):
     default_model = "llava-hf/llava-1.5-7b-hf"
-    supports_lora = False
+    supports_lora = False  # not one of the LoRA captioners: it is fine-tuned only by a prompt setting with [lora]
+    supports_vlm_lora = True  # bench.backends._vlm_lora: LoRA/QLoRA on the VLM itself
 
     model: Any
     processor: Any
@@ -222,13 +224,15 @@ class LlavaCaptioner(Captioner):
 
     @classmethod
     def load(
-        cls, model_cfg: ModelConfig, device: torch.device, prompt: str | PromptTemplate | None = None
+        cls, model_cfg: ModelConfig, device: torch.device, prompt: str | PromptTemplate | None = None,
+        for_lora: bool = False,
     ) -> "LlavaCaptioner":
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
         template = prompt if isinstance(prompt, PromptTemplate) else load_prompt(prompt or DEFAULT_PROMPT)
         options = _check_options(dict(model_cfg.options))
         quant = quantization_config(model_cfg.quantization, device)
+        quant = keep_vlm_parts_full(quant) if for_lora else quant  # QLoRA: vision tower etc. unquantized
         dtype = pick_dtype(device)
         kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": options["attn_implementation"]}
         if quant is not None:

@@ -26,6 +26,8 @@ class BackendInfo:
     module: str
     supports_lora: bool
     default_model: str | None
+    # A zero-shot backend that a prompt setting with its own [lora] table fine-tunes (VLM LoRA).
+    supports_vlm_lora: bool = False
 
 
 def _class_attr(node: ast.ClassDef, attr: str) -> Any:
@@ -69,6 +71,7 @@ def _catalog_from(folder: str, stamp: tuple[tuple[str, float], ...]) -> dict[str
                 module=f"bench.backends.{path.stem}",
                 supports_lora=bool(_class_attr(node, "supports_lora")),
                 default_model=_class_attr(node, "default_model"),
+                supports_vlm_lora=bool(_class_attr(node, "supports_vlm_lora")),
             )
     return catalog
 
