@@ -49,12 +49,14 @@ PROJECTOR = "projector"  # the target name that adds the projector's Linear laye
 _ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "self_attn.qkv_proj")
 _FFN = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "mlp.gate_up_proj", "mlp.fc1", "mlp.fc2")
 PRESETS: dict[str, tuple[str, ...]] = {"attn": _ATTN, "attn_ffn": _ATTN + _FFN}
-# What QLoRA keeps out of 4-bit, as transformers' `llm_int8_skip_modules` patterns (matched from
-# the start of a module name up to a dot): vision towers and projectors of the common families.
-FULL_PRECISION_PARTS = (
+# What QLoRA keeps out of 4-bit: vision towers and projectors of the common families, and lm_head.
+# transformers matches each `llm_int8_skip_modules` entry as a regex from the START of a module name
+# up to a dot, so each part is allowed anywhere in the tree ("model.vision_tower.…").
+_FULL_PRECISION_NAMES = (
     "vision_tower", "visual", "vision_model", "vision_encoder",
     "multi_modal_projector", "mm_projector", "connector", "lm_head",
 )
+FULL_PRECISION_PARTS = tuple(rf"(?:.*\.)?{name}" for name in _FULL_PRECISION_NAMES)
 _PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector", "merger")
 
 
@@ -166,8 +168,12 @@ class VlmTrainCollate:
     def __call__(self, pairs: Sequence[tuple[Any, str]]) -> dict[str, Any]:
         images = [_load_image(Path(sample.path)) for sample, _ in pairs]
         tok = self.processor.tokenizer
+        check_image_slot(tok, self.prompt_text, self.image_token_id)
         tok.padding_side = "left"  # as captioning encodes; padding is stripped per row below
-        enc = dict(self.processor(images=images, text=[self.prompt_text] * len(pairs), return_tensors="pt", padding=True))
+        try:
+            enc = dict(self.processor(images=images, text=[self.prompt_text] * len(pairs), return_tensors="pt", padding=True))
+        except ValueError as exc:  # the processor's own checks (image count, sizes): one line
+            raise BenchError(f"prompt: the processor refused the rendered prompt ({str(exc).splitlines()[0]})") from exc
         ids, mask = enc.pop("input_ids"), enc.pop("attention_mask")
         per_token = {k: enc.pop(k) for k in list(enc) if isinstance(enc[k], torch.Tensor) and enc[k].shape[:2] == ids.shape}
         captions = tok([c for _, c in pairs], add_special_tokens=False)["input_ids"]
@@ -175,7 +181,6 @@ class VlmTrainCollate:
         for i, caption in enumerate(captions):
             keep = mask[i].bool()
             prompt = ids[i][keep].tolist()
-            self._check_prompt(prompt)
             room = self.max_caption_tokens if self.max_length is None else min(self.max_caption_tokens, self.max_length - len(prompt) - 1)
             if room < 1:
                 raise BenchError(f"lora: the prompt takes {len(prompt)} tokens, no room for a caption within {self.max_length}")
@@ -193,13 +198,6 @@ class VlmTrainCollate:
         for key, value in per_token.items():  # e.g. token_type_ids: prompt part, zeros after
             batch[key] = _right_pad([value[i][keeps[i]].tolist() for i in range(len(rows))], width, 0)
         return {"image_ids": [s.image_id for s, _ in pairs], **batch, **enc}
-
-    def _check_prompt(self, prompt: list[int]) -> None:
-        if self.image_token_id is not None and self.image_token_id not in prompt:
-            raise BenchError(
-                "prompt: the rendered prompt has no image slot (no image token after the chat template); "
-                "the model would be trained without seeing the image"
-            )
 
 
 def _right_pad(rows: Sequence[Sequence[int]], width: int, value: int) -> torch.Tensor:
@@ -243,7 +241,7 @@ class VlmLoraMixin:
     def add_lora(self, lora: LoraConfig) -> None:
         if self.peft_model is not None:
             raise BenchError("lora: this model already has a LoRA adapter")
-        image_token_check(self.model, self.processor, self.prompt_text)
+        check_image_slot(self.processor.tokenizer, self.prompt_text, image_token_id(self.model, self.processor))
         regex = vlm_target_regex(self.model, lora.targets, self.name)
         self.model.requires_grad_(False)  # vision tower, projector and LM frozen; LoRA layers train
         self.peft_model = add_peft(self.model, peft_lora_config(lora, regex))
@@ -278,11 +276,9 @@ class VlmLoraMixin:
             self.model.to(self.device)
 
 
-def image_token_check(model: Any, processor: Any, prompt_text: str) -> None:
+def check_image_slot(tokenizer: Any, prompt_text: str, image_token: int | None) -> None:
     """A prompt whose chat rendering lost the image is an error before training starts."""
-    token = image_token_id(model, processor)
-    ids = processor.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    if token is not None and token not in ids:
+    if image_token is not None and image_token not in tokenizer(prompt_text, add_special_tokens=False)["input_ids"]:
         raise BenchError(
             "prompt: the rendered prompt has no image slot (no image token after the chat template); "
             "the model would be trained without seeing the image"
