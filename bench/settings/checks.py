@@ -157,7 +157,7 @@ def _check_vlm_lora(prov: Provenance, zero_shot: list[str], catalog: dict[str, A
         return
     lora_keys = [(k, s) for k, s in own if k.split(".")[0] == "lora"]
     if not lora_keys:
-        key, source = own[0]
+        key, source = max(own, key=lambda ks: ks[0].count("."))  # "train.epochs" rather than "train"
         raise file_error(
             source, f"{key}: a prompt setting trains nothing without its own [lora] table "
             f"(add one to fine-tune {', '.join(zero_shot)} with LoRA before captioning)"
