@@ -224,6 +224,21 @@ def max_positions(model: Any) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
+def caption_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the caption and end tokens (transformers' causal-LM loss).
+
+    Only the positions that predict a counted token go through lm_head (`logits_to_keep` as a
+    boolean mask): with ~600 prompt and image tokens per row and a 32k vocabulary, full-sequence
+    logits would dominate training memory (README: fine-tuning a VLM).
+    """
+    labels = inputs.pop("labels")
+    targets = labels[:, 1:]
+    predicts = torch.zeros_like(labels, dtype=torch.bool)
+    predicts[:, :-1] = targets != IGNORE  # position k predicts token k + 1
+    logits = model(**inputs, logits_to_keep=predicts).logits
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets[targets != IGNORE])
+
+
 # --- the Captioner side -------------------------------------------------------------------------------
 
 class VlmLoraMixin:
@@ -261,7 +276,7 @@ class VlmLoraMixin:
             if isinstance(value, torch.Tensor):
                 value = value.to(self.model.device, non_blocking=True)
                 inputs[key] = value.to(self.dtype) if value.is_floating_point() else value
-        return self.model(**inputs).loss
+        return caption_loss(self.model, inputs)
 
     def save_adapter(self, out_dir: Path) -> None:
         if self.peft_model is None:
