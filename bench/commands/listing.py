@@ -25,12 +25,13 @@ def _short(text: str, width: int = 70) -> str:
 
 
 def _what(s: Any) -> str:
-    if s.prompt:
-        return f"prompt {s.prompt}"
+    targets = s.lora.targets if isinstance(s.lora.targets, str) else ",".join(s.lora.targets)
+    lora = f"r={s.lora.r} {targets}, {s.train.epochs} ep, lr {s.train.lr:g}"
+    if s.prompt:  # zero-shot, or the VLM LoRA-trained first (a [lora] table in the setting)
+        return f"prompt {s.prompt}" + (f" after LoRA {lora}" if s.vlm_lora else "")
     g = s.generation
     decode = f"beam {g.num_beams}" if g.strategy == "beam" else "greedy"
-    targets = s.lora.targets if isinstance(s.lora.targets, str) else ",".join(s.lora.targets)
-    return f"r={s.lora.r} {targets}, {s.train.epochs} ep, lr {s.train.lr:g}, {decode}"
+    return f"{lora}, {decode}"
 
 
 def settings_table() -> Table:
