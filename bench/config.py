@@ -90,3 +90,6 @@ class Setting:
     seed: int = 0
     group: str = ""  # e.g. "report", "demo": lets `bench run --group demo` run a family
     description: str = ""
+    # Not a key of the file: True when a prompt setting has its own [lora] table (in its files, not
+    # base.toml), so the zero-shot VLM is LoRA-trained before it captions (bench.settings.checks).
+    vlm_lora: bool = False

@@ -92,6 +92,7 @@ def test_backend_catalog_matches_the_registry() -> None:
     for name, info in catalog.items():
         cls = get_backend(name)
         assert info.supports_lora == cls.supports_lora
+        assert info.supports_vlm_lora == getattr(cls, "supports_vlm_lora", False)
         assert info.default_model == cls.default_model
 
 
@@ -206,8 +207,9 @@ BAD = [
     ("backends = ['llava']\n", "backend 'llava' is zero-shot and needs a prompt"),
     ("prompt = 'nope'\n", "prompt: unknown prompt 'nope'"),
     ("backends = ['vit-gpt2']\nprompt = 'brief'\n", "prompt: backends vit-gpt2 take no prompt"),
-    ("prompt = 'brief'\n[lora]\nr = 8\n", "lora.r applies only to LoRA backends; llava is zero-shot"),
-    ("prompt = 'brief'\n[train]\nepochs = 2\n", "train.epochs applies only to LoRA backends; llava is zero-shot"),
+    # A prompt setting with its own [lora] table fine-tunes the VLM (tests/test_vlm_lora_settings.py);
+    # [train] alone trains nothing.
+    ("prompt = 'brief'\n[train]\nepochs = 2\n", "train.epochs: a prompt setting trains nothing without its own [lora] table"),
     ("[models.vit-gtp2]\nmodel = 'x'\n", "unknown key 'models.vit-gtp2'; did you mean 'models.vit-gpt2'?"),
     ("[models.llava]\nquantization = '3bit'\n", "models.llava.quantization must be 'none' or '4bit' or '8bit' (got '3bit')"),
     ("[models.llava]\nmodel = ''\n", "models.llava.model is empty"),

@@ -46,6 +46,9 @@ class AttentionTrace:
 class Captioner(ABC):
     name: ClassVar[str]
     supports_lora: ClassVar[bool] = False
+    # A zero-shot VLM that a prompt setting with its own [lora] table LoRA-trains first
+    # (bench.backends._vlm_lora provides the training methods).
+    supports_vlm_lora: ClassVar[bool] = False
     # The default model (hub id) used when a setting names none.
     default_model: ClassVar[str]
     # generation.max_new_tokens when a setting leaves it unset (zero-shot VLMs say more than captioners).

@@ -195,8 +195,12 @@ class VlmCaptioner(Captioner):
 
     @classmethod
     def load(
-        cls, model_cfg: ModelConfig, device: torch.device, prompt: str | PromptTemplate | None = None
+        cls, model_cfg: ModelConfig, device: torch.device, prompt: str | PromptTemplate | None = None,
+        for_lora: bool = False,
     ) -> "VlmCaptioner":
+        """`for_lora` (a VLM LoRA run) changes nothing here: 4-/8-bit loading already keeps the
+        vision tower, projector and lm_head in full precision (the family's quant_skip_modules),
+        which is what QLoRA needs."""
         from transformers import AutoConfig
 
         field = f"models.{cls.name}"

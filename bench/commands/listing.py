@@ -25,15 +25,17 @@ def _short(text: str, width: int = 70) -> str:
 
 
 def _what(s: Any) -> str:
+    targets = s.lora.targets if isinstance(s.lora.targets, str) else ",".join(s.lora.targets)
+    lora = f"r={s.lora.r} {targets}, {s.train.epochs} ep, lr {s.train.lr:g}"
     if s.prompts:
         return f"sweep of {len(s.prompts)} prompts"
-    if s.prompt:
+    if s.prompt:  # zero-shot, or the VLM LoRA-trained first (a [lora] table in the setting)
         model = s.models[s.backends[0]].model if s.backends and s.backends[0] in s.models else ""
-        return f"prompt {s.prompt}" + (f", {model}" if model and s.backends == ("vlm",) else "")
+        text = f"prompt {s.prompt}" + (f", {model}" if model and s.backends == ("vlm",) else "")
+        return text + (f" after LoRA {lora}" if s.vlm_lora else "")
     g = s.generation
     decode = f"beam {g.num_beams}" if g.strategy == "beam" else "greedy"
-    targets = s.lora.targets if isinstance(s.lora.targets, str) else ",".join(s.lora.targets)
-    return f"r={s.lora.r} {targets}, {s.train.epochs} ep, lr {s.train.lr:g}, {decode}"
+    return f"{lora}, {decode}"
 
 
 def settings_table() -> Table:

@@ -2,7 +2,8 @@
 
 Every table is sorted by CIDEr (best first); in each metric column the best value is bold;
 metric cells read "value [lo, hi]" (95% bootstrap CI); p columns are the paired bootstrap
-p-values against the section's baseline.
+p-values against the section's baseline, except in a "Zero-shot vs LoRA" table (zero-shot rows
+first, each LoRA row against the zero-shot row of its own prompt).
 """
 
 from __future__ import annotations
@@ -203,6 +204,81 @@ def degeneration_table(section: Section) -> Table:
 
 
 def section_tables(section: Section) -> list[Table]:
-    """Leaderboard first, then the per-kind tables that have rows, cost and degeneration."""
+    """Leaderboard first, then the per-kind tables that have rows, the zero-shot vs LoRA table of
+    each tuned VLM, cost and degeneration."""
     tables = [leaderboard(section), zero_shot_table(section), lora_table(section), external_table(section)]
-    return [t for t in tables if t is not None] + [cost_table(section), degeneration_table(section)]
+    return [t for t in tables if t is not None] + same_model_tables(section) + [cost_table(section), degeneration_table(section)]
+
+
+# --- the same VLM zero-shot and LoRA-tuned ---------------------------------------------------------
+# For each (backend, model) with a LoRA run that captions with a prompt (a prompt setting with its
+# own [lora] table): that model's zero-shot rows and its LoRA rows in one table. A LoRA row's
+# p-values are paired bootstrap p-values against the zero-shot row of the SAME prompt text, so the
+# adapter is the only difference; cost columns as in the cost table.
+
+def zero_shot_partner(run: RunSummary, zero_shot: Sequence[RunSummary]) -> RunSummary | None:
+    """The zero-shot run of the same model captioning with the same prompt text, if any."""
+    same = [z for z in zero_shot if z.data.prompt_text == run.data.prompt_text]
+    return min(same, key=lambda z: z.name) if same else None
+
+
+def _model_groups(section: Section) -> list[tuple[str, str, list[RunSummary], list[RunSummary]]]:
+    """(backend, model, zero-shot rows, LoRA rows) for every model tuned with a prompt."""
+    groups: dict[tuple[str, str], tuple[list[RunSummary], list[RunSummary]]] = {}
+    for r in section.runs:  # already sorted by CIDEr
+        if r.data.kind not in ("zero-shot", "lora"):
+            continue
+        zero, tuned = groups.setdefault((r.data.backend, r.data.model), ([], []))
+        if r.data.kind == "zero-shot":
+            zero.append(r)
+        elif r.data.prompt_text:  # a LoRA captioner has no prompt: not a tuned VLM
+            tuned.append(r)
+    return [(b, m, z, t) for (b, m), (z, t) in sorted(groups.items()) if t]
+
+
+def _p_text(section: Section, r: RunSummary, partner: RunSummary | None, metric: str) -> str:
+    if r.data.kind == "zero-shot":
+        return "reference"
+    if partner is None or section.boot is None:
+        return DASH
+    return fmt_p(section.boot.p_value(r.name, partner.name, metric))
+
+
+def same_model_table(section: Section, backend: str, model: str, zero: list[RunSummary], tuned: list[RunSummary]) -> Table:
+    partners = {r.name: zero_shot_partner(r, zero) for r in tuned}
+    rows = [*zero, *tuned]
+
+    def vs(r: RunSummary) -> str:
+        if r.data.kind == "zero-shot":
+            return DASH
+        partner = partners[r.name]
+        return partner.name if partner is not None else "no zero-shot run of this prompt"
+
+    cols = [
+        _text("Run", lambda r: r.name, 60),
+        _text("Kind", lambda r: r.data.kind, 12),
+        _text("Prompt", lambda r: r.data.prompt, 32),
+        _text("LoRA r", lambda r: _cfg(r, "lora", "r") if r.data.kind == "lora" else None, 8),
+        _text("targets", lambda r: _cfg(r, "lora", "targets") if r.data.kind == "lora" else None, 24),
+        _text("epochs", lambda r: _cfg(r, "train", "epochs") if r.data.kind == "lora" else None, 8),
+        *[
+            _Col(m, lambda r, m=m: fmt_metric(r.values.get(m), r.ci.get(m)), lambda r, m=m: r.values.get(m))
+            for m in section.metrics_present(HEADLINE)
+        ],
+        _text("p vs", vs, 60),
+        *[
+            _Col(f"p {m}", lambda r, m=m: _p_text(section, r, partners.get(r.name), m))
+            for m in section.metrics_present(P_METRICS)
+        ],
+        _Col("Trainable params", lambda r: _num(r.cost.trainable, ",")),
+        _Col("Trainable %", lambda r: _num(r.cost.trainable_pct, ".3f", "%")),
+        _Col("Train time", lambda r: fmt_duration(r.cost.train_s)),
+        _Col("Peak RSS MB", lambda r: _num(r.cost.peak_rss_mb, ",.0f")),
+        _Col("Peak CUDA MB", lambda r: _num(r.cost.peak_cuda_mb, ",.0f")),
+    ]
+    return _build(f"Zero-shot vs LoRA: {backend} ({model})", rows, cols)
+
+
+def same_model_tables(section: Section) -> list[Table]:
+    """One table per model that has both kinds of rows (or LoRA rows with a prompt only)."""
+    return [same_model_table(section, *group) for group in _model_groups(section)]

@@ -101,7 +101,9 @@ def load_and_train(run: RunContext) -> Any:
     started = time.perf_counter()
     torch.manual_seed(setting.seed)  # LoRA init is random: seed it so a run is reproducible
     with blame(setting.source):
-        captioner = get_backend(plan.backend).load(model_cfg, run.device, prompt=plan.prompt)
+        # A VLM about to be LoRA-trained loads for it (QLoRA keeps its vision tower unquantized).
+        for_lora = {"for_lora": True} if setting.vlm_lora else {}
+        captioner = get_backend(plan.backend).load(model_cfg, run.device, prompt=plan.prompt, **for_lora)
         if plan.kind == "lora":
             captioner.add_lora(setting.lora)
     # Model loading (imports included) summed over sessions: `make bench` breaks the run down by it.

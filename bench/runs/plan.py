@@ -34,7 +34,7 @@ class RunPlan:
     run_dir: Path
     split: Split
     samples: tuple[Sample, ...]  # the validation images captioned and scored, in order
-    prompt: Any  # the PromptTemplate of a zero-shot run (bench.prompts), else None
+    prompt: Any  # the PromptTemplate of a prompt setting (zero-shot or VLM LoRA; bench.prompts), else None
     prompt_text: str | None
     config: dict[str, Any]  # what config.json holds
 
@@ -87,9 +87,11 @@ def _without_empty_sweep(config: dict[str, Any]) -> dict[str, Any]:
 def resolved_config(setting: Setting, backend: str, kind: str, prompt_text: str | None) -> dict[str, Any]:
     """config.json: the whole resolved setting plus what this run uses from it."""
     model = setting.models[backend]
+    fields = dataclasses.asdict(setting)
+    fields.pop("vlm_lora")  # derived from the file, recorded as kind = "lora" (config.json unchanged)
     return _without_empty_sweep(_jsonable(
         {
-            **dataclasses.asdict(setting),
+            **fields,
             "backend": backend,
             "kind": kind,
             "model": dataclasses.asdict(model),
@@ -181,14 +183,16 @@ def plan_run(
     samples = tuple(split.val[: data.limit] if data.limit else split.val)
     if not samples:
         raise BenchError(f"dataset {data.dataset!r}: the validation split is empty")
-    kind = "lora" if is_lora_backend(backend) else "zero-shot"
+    # LoRA captioners always train; a zero-shot VLM trains when its prompt setting has its own
+    # [lora] table (Setting.vlm_lora, see bench.settings.checks.vlm_lora_requested).
+    kind = "lora" if is_lora_backend(backend) or setting.vlm_lora else "zero-shot"
     if kind == "lora" and not split.train:
         raise BenchError(
             f"dataset {data.dataset!r}: the split has no training images, so {backend!r} has nothing to "
             "fine-tune its LoRA on; use a zero-shot setting or another dataset"
         )
     template = None
-    if kind == "zero-shot" and setting.prompt:
+    if setting.prompt:  # zero-shot runs and VLM LoRA runs caption with it
         from bench.prompts import load_prompt
 
         template = load_prompt(setting.prompt)

@@ -107,7 +107,7 @@ def build_results(
         "setting": setting.name,
         "backend": plan.backend,
         "kind": plan.kind,
-        "prompt": setting.prompt if plan.kind == "zero-shot" else None,
+        "prompt": setting.prompt,  # None for the LoRA captioners; set for zero-shot and VLM LoRA runs
         "prompt_text": plan.prompt_text,
         "model": setting.models[plan.backend].model,
         # zero-shot: what the backend resolved (family, prompt rule, image mode), see bench.backends.vlm

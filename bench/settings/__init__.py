@@ -34,7 +34,7 @@ from bench.settings.catalog import (
     zero_shot_backends,
 )
 from bench.settings.chain import find_setting_file, merge_chain, read_chain
-from bench.settings.checks import blame, check_prompt, prompt_names, range_checks, semantic_checks
+from bench.settings.checks import blame, check_prompt, prompt_names, range_checks, semantic_checks, vlm_lora_requested
 from bench.settings.schema import (
     BASE_NAME,
     KNOWN_METRICS,
@@ -102,6 +102,7 @@ def _build(merged: dict[str, Any], prov: Provenance, name: str, label: str, orde
         models=models,
         **sections,
         **{k: merged[k] for k in SCALARS if k in merged},
+        vlm_lora=vlm_lora_requested(prov, merged.get("prompt")),
     )
     for check in range_checks(setting):
         if not check.ok:

@@ -28,6 +28,8 @@ class BackendInfo:
     default_model: str | None
     default_max_new_tokens: int = 30  # generation.max_new_tokens when a setting leaves it unset
     default_options: dict[str, Any] = field(default_factory=dict)  # recorded in config.json
+    # A zero-shot backend that a prompt setting with its own [lora] table fine-tunes (VLM LoRA).
+    supports_vlm_lora: bool = False
 
 
 def _class_attr(node: ast.ClassDef, attr: str) -> Any:
@@ -75,6 +77,7 @@ def _catalog_from(folder: str, stamp: tuple[tuple[str, float], ...]) -> dict[str
                 default_model=_class_attr(node, "default_model"),
                 default_max_new_tokens=_class_attr(node, "default_max_new_tokens") or 30,
                 default_options=_class_attr(node, "default_options") or {},
+                supports_vlm_lora=bool(_class_attr(node, "supports_vlm_lora")),
             )
     return catalog
 

@@ -19,6 +19,7 @@ def _deep_merge(
     for key, value in new.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and isinstance(into.get(key), dict):
+            prov[dotted] = label  # the table itself: the last file that has it (even empty)
             _deep_merge(into[key], value, prov, label, f"{dotted}.")
         else:
             into[key] = _copy(value)

@@ -134,11 +134,39 @@ def semantic_checks(merged: dict[str, Any], prov: Provenance, label: str) -> tup
     if prompt and not zero_shot:
         raise file_error(where("prompt"), f"prompt: backends {', '.join(lora)} take no prompt (only zero-shot backends do)")
     if not lora:
-        base_label = file_label(paths.settings_dir() / f"{BASE_NAME}.toml")
-        for key, source in prov.items():
-            if key.split(".")[0] in LORA_ONLY_SECTIONS and "." in key and source != base_label:
-                raise file_error(source, f"{key} applies only to LoRA backends; {', '.join(zero_shot)} is zero-shot")
+        _check_vlm_lora(prov, zero_shot, catalog)
     return backends
+
+
+def _own_lora_keys(prov: Provenance) -> list[tuple[str, str]]:
+    """(key, file) of the [lora]/[train] keys and tables set by the setting's files, not base.toml."""
+    base_label = file_label(paths.settings_dir() / f"{BASE_NAME}.toml")
+    return [(k, s) for k, s in prov.items() if k.split(".")[0] in LORA_ONLY_SECTIONS and s != base_label]
+
+
+def vlm_lora_requested(prov: Provenance, prompt: str | None) -> bool:
+    """The kind rule for prompt settings: a [lora] table in the setting's own files (the file or
+    a file it extends other than base.toml, even empty) means "LoRA-train the VLM, then caption
+    with the prompt"; without one the setting is zero-shot (base.toml's [lora] never counts)."""
+    return bool(prompt) and any(k.split(".")[0] == "lora" for k, _ in _own_lora_keys(prov))
+
+
+def _check_vlm_lora(prov: Provenance, zero_shot: list[str], catalog: dict[str, Any]) -> None:
+    """[lora]/[train] in a prompt setting: fine for VLMs that support LoRA, an error otherwise."""
+    own = _own_lora_keys(prov)
+    if not own:
+        return
+    lora_keys = [(k, s) for k, s in own if k.split(".")[0] == "lora"]
+    if not lora_keys:
+        key, source = max(own, key=lambda ks: ks[0].count("."))  # "train.epochs" rather than "train"
+        raise file_error(
+            source, f"{key}: a prompt setting trains nothing without its own [lora] table "
+            f"(add one to fine-tune {', '.join(zero_shot)} with LoRA before captioning)"
+        )
+    fixed = [b for b in zero_shot if not catalog[b].supports_vlm_lora]
+    if fixed:
+        key, source = max(lora_keys, key=lambda ks: ks[0].count("."))
+        raise file_error(source, f"{key} applies only to LoRA backends; {fixed[0]} is zero-shot and cannot be fine-tuned")
 
 
 def blame(check: Check, prov: Provenance, order: list[str], label: str) -> str:
