@@ -201,9 +201,11 @@ def test_qlora_keeps_vision_tower_projector_and_lm_head_in_full_precision(monkey
     assert keep_vlm_parts_full(None) is None
 
 
-def test_lora_load_passes_the_qlora_config(monkeypatch, tmp_path) -> None:
-    """LlavaCaptioner.load(for_lora=True) hands the skip list to from_pretrained (zero-shot does not)."""
-    import bench.backends.llava as llava
+def test_lora_load_keeps_the_vlm_parts_full_precision(monkeypatch) -> None:
+    """The llava backend's 4-bit load, zero-shot and for LoRA alike, hands from_pretrained a
+    skip list that leaves the vision tower, projector and lm_head unquantized (QLoRA's layout)."""
+    import bench.backends.vlm as vlm
+    from bench.backends._families import family_for
     from bench.config import ModelConfig
 
     pytest.importorskip("bitsandbytes")
@@ -219,13 +221,13 @@ def test_lora_load_passes_the_qlora_config(monkeypatch, tmp_path) -> None:
         seen.append(kwargs)
         raise Stop
 
-    monkeypatch.setattr(llava, "load_model", fake_load_model)
-    cfg = ModelConfig(model=str(tmp_path), quantization="4bit")
-    for for_lora in (True, False):
-        with pytest.raises(Stop):
-            llava.LlavaCaptioner.load(cfg, torch.device("cuda", 0), prompt="brief", for_lora=for_lora)
-    assert seen[0]["quantization_config"].llm_int8_skip_modules == list(FULL_PRECISION_PARTS)
-    assert not seen[1]["quantization_config"].llm_int8_skip_modules
+    monkeypatch.setattr(vlm, "load_model", fake_load_model)
+    cfg = ModelConfig(model="unused", quantization="4bit")
+    family = family_for("llava", True, "test")
+    with pytest.raises(Stop):
+        vlm.VlmCaptioner._load_model(cfg, torch.device("cuda", 0), family, None, object)
+    skip = seen[0]["quantization_config"].llm_int8_skip_modules
+    assert {"model.vision_tower", "model.multi_modal_projector", "lm_head"} <= set(skip)
     assert seen[0]["device_map"] == {"": 0}
 
 

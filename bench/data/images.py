@@ -43,7 +43,7 @@ def safe_image_path(images_dir: str | Path, name: str, *, context: str = "") -> 
     return target
 
 
-def _open(path: Path) -> Image.Image:
+def open_header(path: Path) -> Image.Image:
     """Open (header only). JPEGs bypass Pillow's global pixel limit: we draft them down instead."""
     with path.open("rb") as f:
         magic = f.read(3)
@@ -100,7 +100,7 @@ def load_image(
     """
     path = Path(path)
     try:
-        with _open(path) as im:
+        with open_header(path) as im:
             if max_side and max(im.size) > max_side and isinstance(im, JpegImagePlugin.JpegImageFile):
                 # Decode at 1/2, 1/4 or 1/8 scale: memory follows the reduced size.
                 im.draft(im.mode, _draft_box(im.size, max_side))

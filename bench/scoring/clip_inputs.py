@@ -18,13 +18,18 @@ twice, strip, runs of whitespace -> one space, strip, lower-case.
 from __future__ import annotations
 
 import html
+import logging
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from bench.data.images import open_header
 from bench.errors import BenchError
+
+log = logging.getLogger("bench")
 
 # OpenAI CLIP's normalisation constants, hard-coded in the reference's transform.
 CLIP_MEAN = np.asarray((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
@@ -59,6 +64,19 @@ def crop_box(width: int, height: int, n_px: int) -> tuple[int, int, int, int]:
     return left, top, left + n_px, top + n_px
 
 
+def _drafted(im: Any, path: Path, size: tuple[int, int]) -> Any:
+    """A JPEG over MAX_PIXELS decoded at the smallest DCT scale still at least `size` (bounded
+    memory: a 20000x20000 photo is read at 1/8). The reference decodes it whole, so its CLIP-S
+    may differ slightly; said once per image. Other formats that large are refused."""
+    if im.format != "JPEG":
+        raise BenchError(f"{path}: image is {im.width}x{im.height} pixels, more than the {MAX_PIXELS} bench decodes")
+    width, height = im.size
+    im.draft(im.mode, size)
+    log.warning("%s: %dx%d pixels; decoded at reduced size for CLIPScore (bounded memory), so its CLIP-S may "
+                "differ slightly from the reference code's", path, width, height)
+    return im
+
+
 def reference_pixels(path: str | Path, n_px: int) -> np.ndarray:
     """(3, n_px, n_px) float32 pixels of one image file, as the reference code computes them.
 
@@ -70,10 +88,10 @@ def reference_pixels(path: str | Path, n_px: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with open_header(path) as im:  # a huge JPEG is not refused here: _drafted reads it at reduced size
                 width, height = im.size
                 if width * height > MAX_PIXELS:
-                    raise BenchError(f"{path}: image is {width}x{height} pixels, more than the {MAX_PIXELS} bench decodes")
+                    im = _drafted(im, path, resized_size(width, height, n_px))
                 im = im.resize(resized_size(width, height, n_px), Image.Resampling.BICUBIC)
         im = im.crop(crop_box(im.width, im.height, n_px)).convert("RGB")
     except BenchError:
