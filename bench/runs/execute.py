@@ -1,0 +1,286 @@
+"""Executing one planned run: train (LoRA backends), caption, score, in that order.
+
+    execute_plan
+      lock the folder; a finished run with this config is a cache hit (no torch imported)
+      load_and_train   the backend's model, plus its LoRA adapter trained (or resumed)
+      caption          the images still missing from predictions.jsonl, batch by batch
+      score_and_record metrics.json, then results.json last (it marks the run complete)
+
+In a multi-process launch (`bench.distributed`) every rank calls `execute_plan`: rank 0 holds the
+lock, writes the folder and scores; all ranks train (DDP) and caption their shard.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.distributed import Dist, detect
+from bench.errors import BenchError
+from bench.io import atomic_write_json, exclusive_lock
+from bench.runs.environment import cpu_threads, free_memory, reset_peak_memory, resolve_device
+from bench.runs.plan import RunPlan
+from bench.runs.registry import cached_results, remove_stale_temps, start_run
+from bench.runs.results import RunResult, build_results, metrics_json
+from bench.scoring.pool import ScorerPool
+
+
+@dataclass
+class RunContext:
+    """One run being executed: its plan, where it runs, and the stages finished so far."""
+
+    plan: RunPlan
+    device: Any
+    console: Any
+    progress: bool
+    num_workers: int
+    dist: Dist
+    state: dict[str, Any]  # run_state.json: figures of the finished stages
+
+    def say(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(message, highlight=False)
+
+    def save_state(self) -> None:
+        self.dist.on_main(lambda: atomic_write_json(self.plan.run_dir / "run_state.json", self.state))
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+@contextmanager
+def blame(source: str) -> Iterator[None]:
+    """Prefix a model/LoRA error with the setting file that chose the model and the targets."""
+    try:
+        yield
+    except BenchError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise BenchError(f"{source}: {exc}", exit_code=exc.exit_code) from exc
+
+
+def check_models_available(plan: RunPlan) -> None:
+    """Every model the run will load must be there (a folder, cached, or a reachable hub) before
+    anything starts: an offline machine gets its one-line error in seconds, and a missing CLIP
+    is not found only after an hour of training."""
+    from bench.model_source import check_available
+
+    setting = plan.setting
+    model_cfg = setting.models[plan.backend]
+    wanted = [(f"{plan.backend} model", model_cfg.model, f"models.{plan.backend}.model")]
+    vision = model_cfg.options.get("vision_model")
+    if isinstance(vision, str) and vision.strip():
+        wanted.append((f"{plan.backend} vision_model", vision, f"models.{plan.backend}.options.vision_model"))
+    if "clipscore" in setting.scoring.metrics:
+        wanted.append(("CLIP model", setting.scoring.clip_model, "scoring.clip_model"))
+    with blame(setting.source):
+        for what, model, field in wanted:
+            if model:
+                check_available(model, what, field)
+
+
+# --- the stages ---------------------------------------------------------------------------------------
+
+def load_and_train(run: RunContext) -> Any:
+    """The backend's captioner; for LoRA backends with its adapter trained (resumed if killed)."""
+    import torch
+
+    from bench.backends import get_backend
+
+    plan, setting = run.plan, run.plan.setting
+    model_cfg = setting.models[plan.backend]
+    run.say(f"loading {plan.backend} model [bold]{escape(model_cfg.model)}[/] on {run.device}")
+    torch.manual_seed(setting.seed)  # LoRA init is random: seed it so a run is reproducible
+    with blame(setting.source):
+        captioner = get_backend(plan.backend).load(model_cfg, run.device, prompt=plan.prompt)
+    if plan.kind != "lora":
+        return captioner
+    from bench import training
+
+    with blame(setting.source):
+        captioner.add_lora(setting.lora)
+    # Every reference of each of the first `train_size` training images.
+    pairs = training.training_pairs(plan.split.train, setting.train.train_size)
+    run.say(f"training LoRA r={setting.lora.r} for {setting.train.epochs} epoch(s) on {len(pairs)} pairs")
+    result = training.train(
+        captioner, pairs, setting.train, plan.run_dir / "train", setting.seed, run.device,
+        progress=run.progress, num_workers=run.num_workers, dist=run.dist,
+    )
+    if "train" not in run.state:  # a resumed run keeps the first record
+        run.state["train"] = {
+            "epochs_done": int(result.epochs_done),
+            "steps": int(result.steps),
+            "final_loss": float(result.final_loss) if result.final_loss is not None else None,
+            "train_s": float(result.train_s),
+            "trainable": int(result.trainable),
+            "total": int(result.total),
+            "n_pairs": len(pairs),
+        }
+        run.save_state()
+    return captioner
+
+
+def _generation_autocast(plan: RunPlan, device: Any) -> Any:
+    """bf16 autocast for the fp32 LoRA captioners on GPUs (the dtype training used); None on CPU.
+
+    LLaVA is loaded in bf16/fp16 already (bench.backends.llava.pick_dtype).
+    """
+    if plan.kind != "lora" or getattr(device, "type", "cpu") != "cuda":
+        return None
+    from bench.training import autocast_dtype
+
+    return autocast_dtype(plan.setting.train.precision, device)
+
+
+def _caption_state(previous: Mapping[str, Any], stats: Sequence[Any]) -> dict[str, Any]:
+    """Captioning figures summed over sessions; over the ranks of one session, the slowest rank's
+    seconds (they ran side by side) and every rank's images."""
+    return {
+        "generate_s": float(previous.get("generate_s", 0.0)) + max(s.wall_s for s in stats),
+        "model_s": float(previous.get("model_s", 0.0)) + max(s.generate_s for s in stats),
+        "n_captioned": int(previous.get("n_captioned", 0)) + sum(s.n_captioned for s in stats),
+    }
+
+
+def caption(run: RunContext, captioner: Any, missing: int) -> None:
+    """Caption the images missing from predictions.jsonl (each rank its shard)."""
+    from bench import captioning  # looked up at call time: the fault tests wrap caption_samples
+
+    plan = run.plan
+    captioner.torch_module().eval()
+    where = f" on {run.dist.world_size} processes" if run.dist.enabled else ""
+    run.say(f"captioning {missing} of {len(plan.samples)} images (batch {plan.setting.generation.batch_size}){where}")
+    stats = captioning.caption_samples(
+        captioner, plan.samples, plan.setting.generation, plan.run_dir / "predictions.jsonl", run.num_workers,
+        progress=run.progress, console=run.console, dist=run.dist,
+        amp_dtype=_generation_autocast(plan, run.device),
+    )
+    run.state["caption"] = _caption_state(run.state.get("caption", {}), run.dist.gather(stats))
+    run.save_state()
+
+
+def _missing_captions(plan: RunPlan) -> int:
+    """Images still to caption, after folding in the shards of an interrupted multi-process run."""
+    from bench.predictions_file import merge_shards
+
+    return len(plan.samples) - len(merge_shards(plan.run_dir / "predictions.jsonl", plan.samples))
+
+
+def train_and_caption(run: RunContext) -> None:
+    missing = run.dist.on_main(lambda: _missing_captions(run.plan))
+    untrained = run.plan.kind == "lora" and "train" not in run.state
+    if not (missing or untrained):
+        return
+    # Workers decode images while the model runs: leave them their cores (CPU only).
+    with cpu_threads(run.device, run.num_workers, run.dist.world_size):
+        captioner = load_and_train(run)
+        caption(run, captioner, missing)
+    del captioner
+    free_memory(run.device)
+
+
+def score(run: RunContext, predictions: dict[str, str], scorers: ScorerPool | None = None) -> tuple[dict[str, Any], float]:
+    plan, sc = run.plan, run.plan.setting.scoring
+    run.say(f"scoring {len(predictions)} captions ({', '.join(sc.metrics)}; CLIP {escape(sc.clip_model)})")
+    start = time.perf_counter()
+    with ExitStack() as stack:
+        if scorers is None:  # a pool for this run alone
+            scorers = stack.enter_context(ScorerPool())
+        # CLIPScore on the run's device (cuda:<local rank> in a multi-process run).
+        scorer = scorers.get(sc.metrics, sc.clip_model, str(run.device), sc.clip_batch_size)
+        result = scorer.score(
+            predictions,
+            {s.image_id: list(s.refs) for s in plan.samples},
+            {s.image_id: Path(s.path) for s in plan.samples},
+            progress=run.progress,
+        )
+    return metrics_json(result), time.perf_counter() - start
+
+
+def score_and_record(run: RunContext, scorers: ScorerPool | None) -> dict[str, Any]:
+    """metrics.json, then results.json: written last, it marks the run complete (rank 0 only)."""
+    from bench.predictions_file import existing_predictions
+
+    run_dir = run.plan.run_dir
+    predictions = existing_predictions(run_dir / "predictions.jsonl", run.plan.samples)
+    scored, score_s = score(run, predictions, scorers)
+    atomic_write_json(run_dir / "metrics.json", scored)
+    results = build_results(run.plan, scored, run.state, score_s, run.device)
+    if run.dist.enabled:
+        results["processes"] = run.dist.world_size
+    atomic_write_json(run_dir / "results.json", results)
+    return results
+
+
+# --- one run, start to finish -----------------------------------------------------------------------
+
+def _joined_device(dist: Dist, device: str) -> Any:
+    """In a multi-process run, this rank's device, with the process group joined (it must exist
+    before the first collective); None for a single process (resolved after the cache check)."""
+    if not dist.enabled:
+        return None
+    dev = dist.device(resolve_device(device))
+    dist.init(dev)
+    return dev
+
+
+def execute_plan(
+    plan: RunPlan,
+    *,
+    force: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    num_workers: int = 2,
+    console: Any = None,
+    dist: Dist | None = None,
+    scorers: ScorerPool | None = None,
+) -> RunResult:
+    """Train (LoRA), caption and score one run, or answer from its finished results."""
+    dist = detect() if dist is None else dist
+    if not dist.is_main:  # rank 0 speaks for the run
+        console, progress = None, False
+    dev = _joined_device(dist, device)
+    with ExitStack() as stack:
+        dist.on_main(lambda: stack.enter_context(exclusive_lock(plan.run_dir)))
+        dist.on_main(lambda: remove_stale_temps(plan.run_dir))
+        cached = dist.on_main(lambda: cached_results(plan, force))
+        if cached is not None:
+            return RunResult(run_dir=plan.run_dir, results=cached, cached=True)
+        dist.on_main(lambda: check_models_available(plan))
+        state = dist.on_main(lambda: start_run(plan, force))
+        # Heavy imports only from here on: the cache-hit path above stays torch-free.
+        run = RunContext(plan, dev if dev is not None else resolve_device(device), console, progress,
+                         num_workers, dist, state)
+        reset_peak_memory(run.device)  # this run's peak, not the previous run's of this process
+        train_and_caption(run)
+        results = dist.on_main(lambda: score_and_record(run, scorers))
+        return RunResult(run_dir=plan.run_dir, results=results, cached=False)
+
+
+def execute_run(
+    setting: Any,
+    backend: str,
+    *,
+    force: bool = False,
+    device: str = "auto",
+    limit: int | None = None,
+    dataset: str | None = None,
+    progress: bool = True,
+    num_workers: int = 2,
+    console: Any = None,
+    scorers: ScorerPool | None = None,
+) -> RunResult:
+    """Train (LoRA backends), caption and score one (setting, backend); a cache hit if done."""
+    from bench.runs.plan import plan_run
+
+    plan = plan_run(setting, backend, limit=limit, dataset=dataset)
+    return execute_plan(
+        plan, force=force, device=device, progress=progress, num_workers=num_workers, console=console, scorers=scorers
+    )

@@ -1,0 +1,177 @@
+"""Settings -> run plans: everything one run needs, resolved and validated without torch.
+
+A plan fixes the setting (with --data / --limit applied), the backend, the split and the images
+to caption, the prompt of a zero-shot run and the `config.json` the run folder will hold. Every
+bad input (backend, dataset, prompt) is raised while planning, before any run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import paths
+from bench.config import Setting
+from bench.data.types import Sample, Split
+from bench.errors import BenchError
+from bench.settings import is_lora_backend
+
+# Config keys that label a run without changing its outputs: editing them is no reason to recompute.
+_LABEL_KEYS: tuple[str, ...] = ("name", "source", "group", "description", "backends", "models")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything needed to execute or cache-check one run, computed without torch."""
+
+    setting: Setting  # with --data / --limit applied
+    backend: str
+    kind: str  # "lora" | "zero-shot"
+    run_dir: Path
+    split: Split
+    samples: tuple[Sample, ...]  # the validation images captioned and scored, in order
+    prompt: Any  # the PromptTemplate of a zero-shot run (bench.prompts), else None
+    prompt_text: str | None
+    config: dict[str, Any]  # what config.json holds
+
+    @property
+    def name(self) -> str:
+        return f"{self.setting.name}/{self.backend}"
+
+
+def run_label(run_dir: Path) -> str:
+    """`runs/x/y` when inside the project, the absolute path otherwise (for messages)."""
+    try:
+        return str(run_dir.resolve().relative_to(paths.project_dir()))
+    except ValueError:
+        return str(run_dir)
+
+
+def run_dir_for(setting_name: str, backend: str, root: Path | None = None) -> Path:
+    return (root or paths.runs_dir()) / setting_name / backend
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def resolved_config(setting: Setting, backend: str, kind: str, prompt_text: str | None) -> dict[str, Any]:
+    """config.json: the whole resolved setting plus what this run uses from it."""
+    model = setting.models[backend]
+    return _jsonable(
+        {
+            **dataclasses.asdict(setting),
+            "backend": backend,
+            "kind": kind,
+            "model": dataclasses.asdict(model),
+            "prompt_text": prompt_text,
+        }
+    )
+
+
+def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a config that determines a run's outputs."""
+    ident = {k: v for k, v in config.items() if k not in _LABEL_KEYS}
+    if config.get("kind") != "lora":  # zero-shot runs neither train nor use LoRA settings
+        ident.pop("lora", None)
+        ident.pop("train", None)
+    if isinstance(ident.get("scoring"), dict):  # batch size changes speed, not scores
+        ident["scoring"] = {k: v for k, v in ident["scoring"].items() if k != "clip_batch_size"}
+    return ident
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences between two configs' identities ("lora.r: 32 -> 64")."""
+    a, b = _flatten(run_identity(old)), _flatten(run_identity(new))
+    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def split_json(split: Split, samples: Sequence[Sample]) -> dict[str, Any]:
+    return {
+        "dataset": split.dataset,
+        "fingerprint": split.fingerprint,
+        "n": len(samples),
+        "samples": [{"image_id": s.image_id, "path": str(s.path), "refs": list(s.refs)} for s in samples],
+    }
+
+
+def _load_split(dataset: str, limit: int | None, splits: dict[tuple[str, int | None], Split] | None) -> Split:
+    """The dataset's split, loaded once per command (`splits` caches it across plans)."""
+    from bench.data import load_dataset, make_split
+
+    key = (dataset, limit)
+    if splits is not None and key in splits:
+        return splits[key]
+    split = make_split(load_dataset(dataset), limit=limit)
+    if splits is not None:
+        splits[key] = split
+    return split
+
+
+def _with_overrides(setting: Setting, dataset: str | None, limit: int | None) -> Setting:
+    if limit is not None and limit < 1:
+        raise BenchError(f"--limit must be >= 1 (got {limit})")
+    data = setting.data
+    if dataset is not None:
+        data = dataclasses.replace(data, dataset=dataset)
+    if limit is not None:
+        data = dataclasses.replace(data, limit=limit)
+    return dataclasses.replace(setting, data=data)
+
+
+def plan_run(
+    setting: Setting,
+    backend: str,
+    *,
+    limit: int | None = None,
+    dataset: str | None = None,
+    root: Path | None = None,
+    splits: dict[tuple[str, int | None], Split] | None = None,
+) -> RunPlan:
+    """Resolve a run without touching its folder: overrides, split, prompt, config."""
+    if backend not in setting.backends:
+        raise BenchError(
+            f"--backend {backend}: setting {setting.name!r} ({setting.source}) runs {', '.join(setting.backends)}"
+        )
+    setting = _with_overrides(setting, dataset, limit)
+    data = setting.data
+    split = _load_split(data.dataset, data.limit, splits)
+    samples = tuple(split.val[: data.limit] if data.limit else split.val)
+    if not samples:
+        raise BenchError(f"dataset {data.dataset!r}: the validation split is empty")
+    kind = "lora" if is_lora_backend(backend) else "zero-shot"
+    if kind == "lora" and not split.train:
+        raise BenchError(
+            f"dataset {data.dataset!r}: the split has no training images, so {backend!r} has nothing to "
+            "fine-tune its LoRA on; use a zero-shot setting or another dataset"
+        )
+    template = None
+    if kind == "zero-shot" and setting.prompt:
+        from bench.prompts import load_prompt
+
+        template = load_prompt(setting.prompt)
+    prompt_text = template.template if template is not None else None
+    return RunPlan(
+        setting=setting,
+        backend=backend,
+        kind=kind,
+        run_dir=run_dir_for(setting.name, backend, root),
+        split=split,
+        samples=samples,
+        prompt=template,
+        prompt_text=prompt_text,
+        config=resolved_config(setting, backend, kind, prompt_text),
+    )
