@@ -46,6 +46,7 @@ from bench.data.types import Sample
 from bench.ddp import Parallel, epoch_loader, prepare_parallel, rank_shares
 from bench.distributed import SINGLE, Dist
 from bench.errors import BenchError
+from bench.precision import cuda_half_dtype, cuda_native_bf16
 from bench.io import atomic_write_json
 from bench.train_files import (
     resume_point,
@@ -108,12 +109,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `train.precision` on this device; None means plain fp32."""
     if precision == "fp32":
         return None
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if precision == "auto":
-        return torch.bfloat16 if cuda_bf16 else None
+    if precision == "auto":  # bf16 where the GPU has it natively, else fp16; fp32 off CUDA
+        return cuda_half_dtype() if device.type == "cuda" else None
     if precision == "bf16":
-        if device.type == "cuda" and not cuda_bf16:
-            raise BenchError("train.precision: this GPU has no bfloat16 support; use 'fp16' or 'auto'")
+        if device.type == "cuda" and not cuda_native_bf16():
+            raise BenchError("train.precision: this GPU has no native bfloat16 (emulated bf16 is slow); use 'fp16' or 'auto'")
         if device.type not in ("cuda", "cpu"):
             raise BenchError(f"train.precision: 'bf16' is not supported on device {device.type!r}; use 'auto'")
         return torch.bfloat16

@@ -21,6 +21,7 @@ from bench.backends.base import Batch, Captioner, register_backend
 from bench.config import GenerationConfig, ModelConfig
 from bench.errors import BenchError
 from bench.model_source import load_files, load_model
+from bench.precision import cuda_half_dtype
 from bench.prompts import PromptTemplate, load_prompt
 
 DEFAULT_PROMPT = "brief"
@@ -30,9 +31,9 @@ _OPTIONS = {"attn_implementation": ("sdpa", "eager")}
 # --- device, precision, quantization -------------------------------------------------------------
 
 def pick_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it, else fp16 on GPUs, fp32 on CPU."""
+    """bf16 on GPUs that compute it natively, else fp16 on GPUs, fp32 on CPU."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return cuda_half_dtype()
     if device.type == "mps":
         return torch.float16
     return torch.float32
@@ -68,7 +69,7 @@ def quantization_config(quantization: str, device: torch.device) -> Any:
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+        bnb_4bit_compute_dtype=cuda_half_dtype(),
     )
 
 
