@@ -401,7 +401,8 @@ def _range_checks(s: Setting) -> list[_Check]:
             f"must be 1 with strategy = 'greedy' (got {g.num_beams}); set strategy = 'beam'",
             ("generation.strategy",),
         ),
-        _Check("generation.max_new_tokens", g.max_new_tokens >= 1, f"must be >= 1 (got {g.max_new_tokens})"),
+        _Check("generation.max_new_tokens", g.max_new_tokens is None or g.max_new_tokens >= 1,
+               f"must be >= 1 (got {g.max_new_tokens})"),
         _Check(
             "generation.no_repeat_ngram_size",
             g.no_repeat_ngram_size >= 0,

@@ -153,6 +153,8 @@ def plan_run(
     if not samples:
         raise BenchError(f"dataset {data.dataset!r}: the validation split is empty")
     kind = "lora" if is_lora_backend(backend) else "zero-shot"
+    # The kind's caption length cap (64 zero-shot, 30 LoRA) unless the setting gives one.
+    setting = dataclasses.replace(setting, generation=setting.generation.for_kind(kind == "zero-shot"))
     if kind == "lora" and not split.train:
         raise BenchError(
             f"dataset {data.dataset!r}: the split has no training images, so {backend!r} has nothing to "
