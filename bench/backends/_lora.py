@@ -164,7 +164,10 @@ def save_peft_adapter(peft_model: Any, folder: Path, backend: str) -> None:
     """peft's own layout (adapter_config.json + adapter_model.safetensors) plus a bench marker."""
     from bench.io import atomic_write_json
 
-    peft_model.save_pretrained(str(folder), safe_serialization=True)
+    # save_embedding_layers=False: peft's "auto" asks the hub whether the base model's config
+    # exists (to compare vocab sizes) at every save when the base is a hub id; bench never
+    # adapts or resizes embeddings (LoRA targets are decoder attention/FFN layers only).
+    peft_model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
     (folder / "README.md").unlink(missing_ok=True)  # peft's model-card stub says nothing useful
     atomic_write_json(folder / BENCH_ADAPTER, {"backend": backend, "format": 1})
 

@@ -98,6 +98,26 @@ def _model_class(config: Any) -> Any:
     return getattr(transformers, architectures[0])
 
 
+def _quiet_tied_end_tokens(model: Any) -> list[int]:
+    """Zero the embedding rows of the end tokens of a decoder whose LM head is its input embedding
+    (GPT-2): a random model otherwise predicts the token it was fed, and GPT-2 is fed its start
+    token, which is also its eos, so every caption would be empty. A zero row gives eos a logit
+    of exactly 0, so random captions run to max_new_tokens instead. Only weights change."""
+    import torch
+
+    zeroed: list[int] = []
+    for part in (model, getattr(model, "decoder", None)):
+        if part is None or part.get_output_embeddings() is None:
+            continue
+        inputs, outputs = part.get_input_embeddings().weight, part.get_output_embeddings().weight
+        eos = getattr(part.config, "eos_token_id", None)
+        if inputs.data_ptr() == outputs.data_ptr() and isinstance(eos, int):
+            with torch.no_grad():
+                inputs[eos].zero_()
+            zeroed.append(eos)
+    return zeroed
+
+
 def build_real_model(
     source: Path, out_dir: Path, seed: int = 0, *, shrink: Shrink | None = Shrink(), depth: Mapping[str, int] | None = None
 ) -> Path:
@@ -111,12 +131,13 @@ def build_real_model(
     changed = _resize(config, shrink, depth or {})
     torch.manual_seed(seed)
     model = _model_class(config)(config)
+    zeroed = _quiet_tied_end_tokens(model)
     model.save_pretrained(out_dir, safe_serialization=True)
     # The real files overwrite anything save_pretrained derived (generation_config.json above all).
     for path in sorted(source.iterdir()):
         if path.is_file() and path.name not in WRITTEN_BY_SAVE + NOT_COPIED:
             shutil.copyfile(path, out_dir / path.name)
-    record = {"source": str(source), "seed": seed, "shrink": asdict(shrink) if shrink else None, "changed": changed}
+    record = {"source": str(source), "seed": seed, "shrink": asdict(shrink) if shrink else None, "changed": changed, "zeroed_embedding_rows": zeroed}
     (out_dir / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return out_dir
 
