@@ -81,3 +81,23 @@ def test_the_degeneration_table_has_a_cut_column() -> None:
             SimpleNamespace(name="external", degeneration=degeneration(["a b"] * 4, None))]
     table = degeneration_table(SimpleNamespace(runs=runs))
     assert list(table.plain["Cut at max_new_tokens"]) == ["75.0%", DASH]
+
+
+def test_zero_shot_runs_default_to_64_new_tokens_lora_runs_to_30(bench_env, shared_data: Path, tmp_path: Path) -> None:
+    from bench.runs import plan_run
+    from bench.settings import load_setting, prompt_setting
+
+    def max_new(text: str | None, backend: str) -> int:
+        setting = prompt_setting("key_objects") if text is None else None
+        if text is not None:
+            path = tmp_path / f"s{len(list(tmp_path.iterdir()))}.toml"
+            path.write_text(text)
+            setting = load_setting(path)
+        plan = plan_run(setting, backend, limit=2)
+        assert plan.config["generation"]["max_new_tokens"] == plan.setting.generation.max_new_tokens
+        return plan.setting.generation.max_new_tokens
+
+    assert max_new(None, "llava") == 64  # bench run --prompt key_objects
+    assert max_new('prompt = "brief"\n', "llava") == 64  # lmms-eval's limit
+    assert max_new("", "vit-gpt2") == 30
+    assert max_new('prompt = "brief"\n[generation]\nmax_new_tokens = 12\n', "llava") == 12  # a setting's own wins
