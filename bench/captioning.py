@@ -161,15 +161,8 @@ def caption_samples(
         on_disk = [r["image_id"] for r in read_records(predictions_path)]
         if on_disk != ids:
             write_in_order(predictions_path, samples, captions)
-    return CaptionStats(
-        n_total=len(samples),
-        n_resumed=n_resumed,
-        n_captioned=n_captioned,
-        generate_s=generate_s,
-        wall_s=wall_s,
-        images_per_s=n_captioned / wall_s if n_captioned and wall_s > 0 else 0.0,
-        n_truncated=n_truncated,
-    )
+    rate = n_captioned / wall_s if n_captioned and wall_s > 0 else 0.0
+    return CaptionStats(len(samples), n_resumed, n_captioned, generate_s, wall_s, rate, n_truncated)
 
 
 def _caption_batches(
