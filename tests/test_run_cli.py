@@ -277,7 +277,7 @@ def zero_shot_home(tmp_path_factory, shared_data: Path, tiny_llava: Path, tiny_c
     base = base.replace('model = "llava-hf/llava-1.5-7b-hf"', f'model = "{tiny_llava}"')
     base = base.replace('clip_model = "openai/clip-vit-base-patch32"', f'clip_model = "{tiny_clip}"')
     base = base.replace('metrics = ["bleu", "meteor", "rouge", "cider", "clipscore"]', 'metrics = ["bleu", "cider", "clipscore"]')
-    base = base.replace("max_new_tokens = 30", "max_new_tokens = 8")
+    base = base.replace("[generation]\n", "[generation]\nmax_new_tokens = 8\n")
     (home / "settings" / "base.toml").write_text(base)
     (home / "settings" / "zs_brief.toml").write_text('group = "tiny"\nprompt = "brief"\n')
     (home / "settings" / "zs_objects.toml").write_text('group = "tiny"\nprompt = "key_objects"\n')

@@ -151,7 +151,7 @@ def test_other_config_on_finished_run_asks_for_force(zero_shot_plan, tmp_path: P
     changed = dataclasses.replace(
         plan, config={**plan.config, "generation": {**plan.config["generation"], "max_new_tokens": 5}}
     )
-    with pytest.raises(BenchError, match=r"different config \(generation.max_new_tokens: 30 -> 5\); re-run with --force"):
+    with pytest.raises(BenchError, match=r"different config \(generation.max_new_tokens: 64 -> 5\); re-run with --force"):
         execute_plan(changed, device="cpu", progress=False)
     other_split = dataclasses.replace(plan, split=dataclasses.replace(plan.split, fingerprint="0000"))
     with pytest.raises(BenchError, match=r"split fingerprint: .* -> 0000"):
