@@ -78,3 +78,28 @@ def test_ddp_under_a_bf16_launcher_trains_the_single_process_fp32_curve_on_every
         seen = Counter(text for c in calls for text in c["texts"])
         assert seen == Counter(text for c in single["seen"][epoch * 2 : epoch * 2 + 2] for text in c["texts"])
         assert sum(seen.values()) == 15
+
+
+@pytest.mark.parametrize("launcher_precision", ["fp16", "bf16"])
+def test_the_accelerator_never_takes_the_launchers_mixed_precision(
+    launcher_precision: str, tiny_vit_gpt2: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `accelerate launch --mixed_precision X` (or an accelerate config) leaves in the
+    environment; with it the Accelerator would autocast the forward (and on a GPU, fp16 would
+    add a GradScaler bench does not step)."""
+    from accelerate.state import AcceleratorState
+
+    from bench.backends import get_backend
+    from bench.config import LoraConfig, ModelConfig, TrainConfig
+    from bench.ddp import prepare_parallel
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher_precision)
+    captioner = get_backend("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), torch.device("cpu"))
+    captioner.add_lora(LoraConfig(r=2, alpha=4, targets="attn"))
+    optimizer = torch.optim.AdamW([p for p in captioner.torch_module().parameters() if p.requires_grad])
+    try:
+        parallel, _ = prepare_parallel(captioner, optimizer, TrainConfig(precision="fp32"), torch.device("cpu"), Dist())
+        assert parallel.accelerator.mixed_precision == "no"
+        assert parallel.accelerator.scaler is None and not parallel.accelerator.native_amp
+    finally:
+        AcceleratorState._reset_state(True)
