@@ -44,6 +44,7 @@ class CaptionStats:
     generate_s: float  # seconds inside captioner.generate (pure model time)
     wall_s: float  # seconds of the whole loop, image decoding waits included
     images_per_s: float  # n_captioned / wall_s (0 when nothing was captioned)
+    n_truncated: int = 0  # captions of this call that hit max_new_tokens without an end token
 
 
 def pending_batches(image_ids: Sequence[str], done: set[str], batch_size: int) -> list[list[int]]:
@@ -136,7 +137,7 @@ def caption_samples(
     batches = shard(pending_batches(ids, set(captions), gen.batch_size), dist.rank, dist.world_size)
     out_path = shard_path(predictions_path, dist.rank) if dist.enabled else predictions_path
     start = time.perf_counter()
-    n_captioned, generate_s = 0, 0.0
+    n_captioned, generate_s, n_truncated = 0, 0.0, 0
     if batches:
         loader = _loader(captioner, samples, batches, num_workers)
         label = f"captioning (rank 0 of {dist.world_size})" if dist.enabled else "captioning"
@@ -148,7 +149,9 @@ def caption_samples(
                 rate = n / max(time.perf_counter() - start, 1e-9)
                 bar.update(task, completed=done + n, rate=f"{rate:.1f} img/s")
 
-            n_captioned, generate_s = _caption_batches(captioner, loader, gen, out_path, captions, amp_dtype, advance)
+            n_captioned, generate_s, n_truncated = _caption_batches(
+                captioner, loader, gen, out_path, captions, amp_dtype, advance
+            )
     wall_s = time.perf_counter() - start
     if dist.enabled:
         dist.barrier()  # every shard is complete on disk
@@ -158,37 +161,35 @@ def caption_samples(
         on_disk = [r["image_id"] for r in read_records(predictions_path)]
         if on_disk != ids:
             write_in_order(predictions_path, samples, captions)
-    return CaptionStats(
-        n_total=len(samples),
-        n_resumed=n_resumed,
-        n_captioned=n_captioned,
-        generate_s=generate_s,
-        wall_s=wall_s,
-        images_per_s=n_captioned / wall_s if n_captioned and wall_s > 0 else 0.0,
-    )
+    rate = n_captioned / wall_s if n_captioned and wall_s > 0 else 0.0
+    return CaptionStats(len(samples), n_resumed, n_captioned, generate_s, wall_s, rate, n_truncated)
 
 
 def _caption_batches(
     captioner: "Captioner", loader: Any, gen: GenerationConfig, out_path: Path, captions: dict[str, str],
     amp_dtype: "torch.dtype | None", advance: Callable[[int], None],
-) -> tuple[int, float]:
-    """Generate and append batch by batch; returns (images captioned, seconds inside generate)."""
-    n_captioned, generate_s = 0, 0.0
+) -> tuple[int, float, int]:
+    """Generate and append batch by batch; returns (images captioned, seconds inside generate,
+    captions cut by max_new_tokens, as the backend flags them in `last_truncated`)."""
+    n_captioned, generate_s, n_truncated = 0, 0.0, 0
     for batch in loader:
         if "_bench_error" in batch:
             raise BenchError(batch["_bench_error"])
         t0 = time.perf_counter()
+        captioner.last_truncated = []  # a backend that does not flag truncation counts none
         with _autocast(captioner.device, amp_dtype):
             texts = captioner.generate(batch, gen)
         generate_s += time.perf_counter() - t0
         batch_ids = list(batch["image_ids"])
         if len(texts) != len(batch_ids):
             raise BenchError(f"backend {captioner.name!r} returned {len(texts)} captions for {len(batch_ids)} images")
+        flags = list(captioner.last_truncated)
+        n_truncated += sum(map(bool, flags)) if len(flags) == len(texts) else 0
         append_records(out_path, [{"image_id": i, "caption": t} for i, t in zip(batch_ids, texts)])
         captions.update(zip(batch_ids, texts))
         n_captioned += len(batch_ids)
         advance(n_captioned)
-    return n_captioned, generate_s
+    return n_captioned, generate_s, n_truncated
 
 
 def _loader(captioner: "Captioner", samples: list[Sample], batches: list[list[int]], num_workers: int) -> Any:

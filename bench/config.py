@@ -7,11 +7,19 @@ file and the key.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Quantization = Literal["none", "4bit", "8bit"]
+
+
+# Default caption length cap per kind of run when a setting gives none: a LoRA captioner learns
+# to stop after a Flickr/COCO-length caption; a zero-shot VLM's answers run longer (the
+# key_objects prompt often passes 30 tokens), and lmms-eval captions with 64.
+LORA_MAX_NEW_TOKENS = 30
+ZERO_SHOT_MAX_NEW_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,13 @@ class GenerationConfig:
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     batch_size: int = 16
+
+    def for_kind(self, zero_shot: bool) -> "GenerationConfig":
+        """max_new_tokens filled in: the setting's own, else 64 zero-shot and 30 for LoRA runs."""
+        if self.max_new_tokens is not None:
+            return self
+        default = ZERO_SHOT_MAX_NEW_TOKENS if zero_shot else LORA_MAX_NEW_TOKENS
+        return dataclasses.replace(self, max_new_tokens=default)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,13 @@ def shared_data_dir() -> Path:
     return Path(env).resolve() if env else (project_dir().parent / "shared" / "data").resolve()
 
 
+def shared_models_dir() -> Path:
+    """Real hub model files without weights (BENCH_SHARED_MODELS, default beside the shared data:
+    ../shared/models), one folder per hub id with '/' spelled '__'."""
+    env = os.environ.get("BENCH_SHARED_MODELS")
+    return Path(env).resolve() if env else shared_data_dir().parent / "models"
+
+
 def expand(value: str) -> str:
     """Expand ${BENCH_SHARED_DATA}, ${BENCH_CACHE} and ~ in paths written in TOML files."""
     value = value.replace("${BENCH_SHARED_DATA}", str(shared_data_dir()))

@@ -18,10 +18,12 @@ and returns (cache hit). The saved run configuration must match, else a BenchErr
 changed. `cfg.train_size` is applied by `training_pairs`, not here: `train` uses every pair given.
 
 Multi-process (`dist` enabled, see `bench.distributed`): DDP through `accelerate.Accelerator`,
-which prepares the model, the optimizer and each epoch's DataLoader. `train.batch_size` stays the
-GLOBAL batch (`split_batches`: each of N processes takes batch_size / N of every batch), so the
-optimizer steps, the schedule and the checkpoints are those of a single process; only rank 0
-writes files, and the adapter is saved from the unwrapped model (the captioner's own peft model).
+which prepares the model and the optimizer. `train.batch_size` stays the GLOBAL batch: each of N
+processes takes a contiguous share of every single-process batch (`bench.ddp.rank_shares`, every
+pair exactly once per epoch, losses weighted to the whole batch's token mean), so the optimizer
+steps, the schedule, the loss curve and the checkpoints are those of a single process; precision
+comes from `train.precision` only, never from the launcher. Only rank 0 writes files, and the
+adapter is saved from the unwrapped model (the captioner's own peft model).
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ import torch
 from bench.backends.base import Captioner
 from bench.config import TrainConfig
 from bench.data.types import Sample
-from bench.ddp import Parallel, prepare_parallel
+from bench.ddp import Parallel, epoch_loader, prepare_parallel, rank_shares
 from bench.distributed import SINGLE, Dist
 from bench.errors import BenchError
+from bench.precision import cuda_half_dtype, cuda_native_bf16
 from bench.io import atomic_write_json
 from bench.train_files import (
     resume_point,
@@ -106,12 +109,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `train.precision` on this device; None means plain fp32."""
     if precision == "fp32":
         return None
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if precision == "auto":
-        return torch.bfloat16 if cuda_bf16 else None
+    if precision == "auto":  # bf16 where the GPU has it natively, else fp16; fp32 off CUDA
+        return cuda_half_dtype() if device.type == "cuda" else None
     if precision == "bf16":
-        if device.type == "cuda" and not cuda_bf16:
-            raise BenchError("train.precision: this GPU has no bfloat16 support; use 'fp16' or 'auto'")
+        if device.type == "cuda" and not cuda_native_bf16():
+            raise BenchError("train.precision: this GPU has no native bfloat16 (emulated bf16 is slow); use 'fp16' or 'auto'")
         if device.type not in ("cuda", "cpu"):
             raise BenchError(f"train.precision: 'bf16' is not supported on device {device.type!r}; use 'auto'")
         return torch.bfloat16
@@ -215,12 +217,14 @@ def _epoch_loader(pairs: Sequence[tuple[Sample, str]], collate: Any, cfg: TrainC
                   num_workers: int, device: torch.device, parallel: Parallel | None) -> Any:
     # A per-epoch generator: the shuffle order depends on (seed, epoch) only, so a resumed run sees
     # exactly the batches an uninterrupted one would.
-    loader = torch.utils.data.DataLoader(
-        list(pairs), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
-        generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    if parallel is not None:  # each rank: its share of each of those batches (bench.ddp)
+        shares = rank_shares(pairs, cfg.batch_size, generator, parallel.dist)
+        return epoch_loader(shares, collate, num_workers, device.type == "cuda")
+    return torch.utils.data.DataLoader(
+        list(pairs), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=generator,
         num_workers=num_workers, pin_memory=device.type == "cuda",
     )
-    return loader if parallel is None else parallel.accelerator.prepare(loader)  # each rank: its share
 
 
 def _train_epoch(captioner: Captioner, loader: Any, opt: _Optimization, parallel: Parallel | None,
@@ -238,7 +242,7 @@ def _train_epoch(captioner: Captioner, loader: Any, opt: _Optimization, parallel
         sync = contextlib.nullcontext() if parallel is None else parallel.no_sync(last_of_group)
         with sync:
             with _autocast(device, opt.amp_dtype):
-                loss = (captioner.loss(batch) if parallel is None else parallel.module(batch)) / group_size
+                loss = (captioner.loss(batch) if parallel is None else parallel.loss(batch)) / group_size
             opt.scaler.scale(loss).backward()
         group_loss += loss.detach().float()
         if not last_of_group:

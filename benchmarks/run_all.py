@@ -5,7 +5,9 @@ Sections (each measures its figure side by side with its baseline in this same r
                  on a GPU also LLaVA-1.5-7B (random weights) in bf16 and 4-bit;
 - harness.py     `bench run` end to end vs the bare model script (harness overhead), cache hit;
 - scoring.py     bench's scorer vs pycocoevalcap's scorers alone (1,000 images, 5 metrics);
-- bootstrap.py   95% CIs of one 1,000-image run with 1,000 resamples.
+- bootstrap.py   95% CIs of one 1,000-image run with 1,000 resamples;
+- real_architectures.py  each default model's real architecture at full width on CPU (LLaVA-1.5-7B
+                 at reduced depth): images/s, CPU seconds per image and peak memory.
 
 A section that fails is reported as failed (the others still run) and the command exits 1.
 
@@ -118,6 +120,15 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "bootstrap_seconds_1000x1000" in r:
         rows.append(("bootstrap CIs, 1,000 images x 1,000 resamples", f"{r['bootstrap_seconds_1000x1000']:.1f} s",
                      f"all metrics of one run; {r.get('speedup_vs_naive', '?')}x the pycocoevalcap loop"))
+    for name, v in (r.get("real_architectures") or {}).items():
+        rows.append((
+            f"real architecture on CPU, {name}",
+            f"{v['images_per_s']:.3f} img/s, peak {v['peak_rss_mb'] / 1024:.1f} GiB",
+            f"{v['model']} ({v['depth']}, {v['parameters'] / 1e6:,.0f} M parameters, random weights): "
+            f"{v['images']} Flickr8k images, batch {r.get('real_architectures_batch')}"
+            + (f", {v['new_tokens']} new tokens" if "new_tokens" in v else ", CLIPScore + RefCLIPScore")
+            + f"; {v['cpu_s_per_image']} CPU s/image, load average {v['load_average_at_start']}",
+        ))
     gpu = r.get("llava_7b_gpu") or {}
     if gpu.get("gpu"):
         for row in gpu["rows"]:
@@ -140,6 +151,31 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def real_architectures_md(real: dict[str, Any] | None) -> list[str]:
+    """The "Real architectures on CPU" section (benchmarks/real_architectures.py)."""
+    if not real:
+        return []
+    return [
+        "## Real architectures on CPU",
+        "",
+        "Each default model's real architecture at full width (LLaVA-1.5-7B: full width, "
+        f"{real.get('llava', {}).get('depth', 'reduced depth')}), built by `bench.tiny.real` from its real hub "
+        "files with random weights, loaded and run through bench in its own process "
+        "(benchmarks/real_architectures.py): one batch of Flickr8k images, greedy; with random weights a "
+        "caption runs to max_new_tokens unless a random end token stops it (column \"cut\").",
+        "",
+        _md_table(
+            ["model", "parameters", "depth", "images", "new tokens", "cut", "img/s", "CPU s/image", "peak RSS MB",
+             "load avg"],
+            [[v["model"], f"{v['parameters']:,}", v["depth"], v["images"], v.get("new_tokens", "-"),
+              v.get("cut_at_max_new_tokens", "-"),
+              v["images_per_s"], v["cpu_s_per_image"], v["peak_rss_mb"], v["load_average_at_start"]]
+             for v in real.values()],
+        ),
+        "",
+    ]
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -206,6 +242,7 @@ def markdown(r: dict[str, Any]) -> str:
                 ),
                 "",
             ]
+    out += real_architectures_md(r.get("real_architectures"))
     gpu = r.get("llava_7b_gpu") or {}
     out += ["## GPU: LLaVA-1.5-7B architecture, random weights", ""]
     if gpu.get("gpu"):
@@ -245,7 +282,7 @@ def main() -> None:
     from rich.table import Table
 
     from bench.io import atomic_write_json, atomic_write_text
-    from benchmarks import bootstrap, captioning, harness, scoring
+    from benchmarks import bootstrap, captioning, harness, real_architectures, scoring
 
     start = time.perf_counter()
     results: dict[str, Any] = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
@@ -255,6 +292,8 @@ def main() -> None:
     results.update(_section("harness", lambda: harness.run(1 if args.quick else 2, 100 if args.quick else 1000), errors))
     results.update(_section("scoring", lambda: scoring.run(1 if args.quick else 2), errors))
     results.update(_section("bootstrap", lambda: bootstrap.run(), errors))
+    real_models = ("vit-gpt2", "clipscore") if args.quick else real_architectures.MODELS
+    results.update(_section("real_architectures", lambda: real_architectures.run(real_models), errors))
     results["make_bench_seconds"] = round(time.perf_counter() - start, 1)
     results["quick"] = bool(args.quick)
     results["errors"] = errors

@@ -116,6 +116,47 @@ def tiny_models(tiny_vit_gpt2: Path, tiny_clip_flan_t5: Path, tiny_llava: Path) 
     return {"vit-gpt2": tiny_vit_gpt2, "clip-flan-t5": tiny_clip_flan_t5, "llava": tiny_llava}
 
 
+# --- real-config models: the hub's real files, seeded random weights (bench.tiny.real) ----------
+
+def _real_model(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    if not (paths.shared_models_dir() / "google__flan-t5-base" / "config.json").is_file():
+        pytest.skip(f"real model files not found at {paths.shared_models_dir()} (set BENCH_SHARED_MODELS)")
+    return build_once(shared_tmp(tmp_path_factory) / "real-models" / name, build)
+
+
+def _real_hub_model(tmp_path_factory: pytest.TempPathFactory, hub_id: str) -> Path:
+    from bench.tiny.real import build_real_model, real_model_dir
+
+    return _real_model(tmp_path_factory, hub_id.replace("/", "__"),
+                       lambda out: build_real_model(real_model_dir(hub_id), out, TINY_SEED))
+
+
+@pytest.fixture(scope="session")
+def real_vit_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """nlpconnect/vit-gpt2-image-captioning's real files, CPU-sized widths and depths."""
+    return _real_hub_model(tmp_path_factory, "nlpconnect/vit-gpt2-image-captioning")
+
+
+@pytest.fixture(scope="session")
+def real_clip32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """openai/clip-vit-base-patch32 (the CLIPScore model), CPU-sized."""
+    return _real_hub_model(tmp_path_factory, "openai/clip-vit-base-patch32")
+
+
+@pytest.fixture(scope="session")
+def real_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """llava-hf/llava-1.5-7b-hf's real files (576 image tokens at 336 px), CPU-sized."""
+    return _real_hub_model(tmp_path_factory, "llava-hf/llava-1.5-7b-hf")
+
+
+@pytest.fixture(scope="session")
+def real_clip_flan_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """google/flan-t5-base (t5/) + a full openai/clip-vit-base-patch16 checkpoint (vision/)."""
+    from bench.tiny.real import build_real_clip_flan_t5
+
+    return _real_model(tmp_path_factory, "clip-flan-t5", lambda out: build_real_clip_flan_t5(out, TINY_SEED))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data beside the project (../shared/data or BENCH_SHARED_DATA)."""

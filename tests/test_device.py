@@ -99,15 +99,56 @@ def _plan(kind: str, precision: str = "auto") -> SimpleNamespace:
     return SimpleNamespace(kind=kind, setting=SimpleNamespace(train=SimpleNamespace(precision=precision)))
 
 
-def test_lora_captioners_generate_in_bf16_on_gpus_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+def _fake_gpu(monkeypatch: pytest.MonkeyPatch, *, native_bf16: bool, emulated_bf16: bool = True) -> None:
+    """A CUDA GPU as torch reports it: an A100 (native bf16) or a V100/T4 (bf16 only emulated)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        return native_bf16 or (including_emulation and emulated_bf16)
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+
+
+def test_lora_captioners_generate_in_half_precision_on_gpus_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_gpu(monkeypatch, native_bf16=True)
     cuda = torch.device("cuda")
     assert _generation_autocast(_plan("lora"), cuda) == torch.bfloat16
     assert _generation_autocast(_plan("lora", "fp32"), cuda) is None
     assert _generation_autocast(_plan("lora"), CPU) is None  # CPU keeps fp32
     assert _generation_autocast(_plan("zero-shot"), cuda) is None  # LLaVA is loaded in bf16 already
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert _generation_autocast(_plan("lora"), cuda) is None
+    _fake_gpu(monkeypatch, native_bf16=False)
+    assert _generation_autocast(_plan("lora"), cuda) == torch.float16
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_only_where_the_gpu_computes_it_natively(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    from bench.backends.llava import pick_dtype
+    from bench.training import autocast_dtype
+
+    # A V100/T4 says is_bf16_supported() == True (emulation): there fp16 is the fast half precision.
+    _fake_gpu(monkeypatch, native_bf16=native)
+    cuda, half = torch.device("cuda"), torch.bfloat16 if native else torch.float16
+    assert autocast_dtype("auto", cuda) == half
+    assert pick_dtype(cuda) == half
+    assert autocast_dtype("fp16", cuda) == torch.float16 and autocast_dtype("fp32", cuda) is None
+    if native:
+        assert autocast_dtype("bf16", cuda) == torch.bfloat16
+    else:
+        with pytest.raises(BenchError, match="no native bfloat16"):
+            autocast_dtype("bf16", cuda)
+    assert autocast_dtype("auto", CPU) is None and pick_dtype(CPU) == torch.float32
+
+
+def test_4bit_llava_computes_in_the_native_half_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from bench.backends.llava import quantization_config
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", types.ModuleType("bitsandbytes"))  # no GPU build here
+    for native, half in ((True, torch.bfloat16), (False, torch.float16)):
+        _fake_gpu(monkeypatch, native_bf16=native)
+        assert quantization_config("4bit", torch.device("cuda")).bnb_4bit_compute_dtype == half
 
 
 @pytest.fixture(scope="module")

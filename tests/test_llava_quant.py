@@ -66,7 +66,7 @@ def test_bf16_on_cuda(tiny_dir, samples):
     c = get_backend("llava").load(
         ModelConfig(model=str(tiny_dir)), torch.device("cuda"), prompt=load_prompt("brief", REPO / "prompts")
     )
-    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     assert next(c.model.parameters()).dtype == expected
     assert c.model.device.type == "cuda"
     captions = c.generate(c.caption_collate()(samples), GenerationConfig(max_new_tokens=6))

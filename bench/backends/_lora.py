@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.backends.base import Captioner
+from bench.backends.base import Captioner, hit_token_limit
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.errors import BenchError
 from bench.model_source import error_line
@@ -164,7 +164,10 @@ def save_peft_adapter(peft_model: Any, folder: Path, backend: str) -> None:
     """peft's own layout (adapter_config.json + adapter_model.safetensors) plus a bench marker."""
     from bench.io import atomic_write_json
 
-    peft_model.save_pretrained(str(folder), safe_serialization=True)
+    # save_embedding_layers=False: peft's "auto" asks the hub whether the base model's config
+    # exists (to compare vocab sizes) at every save when the base is a hub id; bench never
+    # adapts or resizes embeddings (LoRA targets are decoder attention/FFN layers only).
+    peft_model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
     (folder / "README.md").unlink(missing_ok=True)  # peft's model-card stub says nothing useful
     atomic_write_json(folder / BENCH_ADAPTER, {"backend": backend, "format": 1})
 
@@ -243,7 +246,7 @@ def generation_kwargs(gen: GenerationConfig) -> dict[str, Any]:
     return {
         "do_sample": False,
         "num_beams": beams,
-        "max_new_tokens": gen.max_new_tokens,
+        "max_new_tokens": gen.for_kind(zero_shot=False).max_new_tokens,
         "no_repeat_ngram_size": gen.no_repeat_ngram_size,
         "repetition_penalty": gen.repetition_penalty,
         "early_stopping": beams > 1,
@@ -321,6 +324,12 @@ class PixelLoraCaptioner(Captioner):
 
     def caption_collate(self) -> PixelCaptionCollate:
         return PixelCaptionCollate(self.processor)
+
+    def decode_generated(self, ids: torch.Tensor, gen: GenerationConfig) -> list[str]:
+        """Captions of generated decoder ids (the start token first); flags `last_truncated`."""
+        limit = generation_kwargs(gen)["max_new_tokens"]
+        self.last_truncated = hit_token_limit(ids[:, 1:], [int(self.tokenizer.eos_token_id)], limit)
+        return clean_captions(self.tokenizer, ids)
 
     def torch_module(self) -> torch.nn.Module:
         return self.model

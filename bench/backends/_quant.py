@@ -14,12 +14,13 @@ from typing import Any
 import torch
 
 from bench.errors import BenchError
+from bench.precision import cuda_half_dtype
 
 
 def pick_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPUs that support it, else fp16 on GPUs, fp32 on CPU."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return cuda_half_dtype()  # bf16 only where native (not on V100/T4, which emulate it)
     if device.type == "mps":
         return torch.float16
     return torch.float32
@@ -55,6 +56,6 @@ def quantization_config(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+        bnb_4bit_compute_dtype=cuda_half_dtype(),
         llm_int8_skip_modules=skip,
     )

@@ -58,6 +58,9 @@ class Captioner(ABC):
         self.model_cfg = model_cfg
         self.device = device
         self.prompt = prompt
+        # One flag per caption of the last `generate` call: True where generation stopped at
+        # max_new_tokens without an end token (a fragment). Set by backends (`hit_token_limit`).
+        self.last_truncated: list[bool] = []
 
     # --- loading ---------------------------------------------------------------------------
     @classmethod
@@ -80,7 +83,8 @@ class Captioner(ABC):
 
     @abstractmethod
     def generate(self, batch: Batch, gen: GenerationConfig) -> list[str]:
-        """One caption per image in the batch, post-processed to plain text."""
+        """One caption per image in the batch, post-processed to plain text; sets
+        `self.last_truncated` (see `hit_token_limit`) so the run can count cut-off captions."""
 
     # --- LoRA training (backends with supports_lora) -------------------------------------------
     def add_lora(self, lora: LoraConfig) -> None:
@@ -113,6 +117,17 @@ class Captioner(ABC):
     # --- attention maps ------------------------------------------------------------------------
     def generate_with_attention(self, batch: Batch, gen: GenerationConfig) -> list[AttentionTrace]:
         raise BenchError(f"backend {self.name!r} cannot produce attention maps")
+
+
+def hit_token_limit(new_tokens: torch.Tensor, end_ids: Sequence[int], max_new_tokens: int) -> list[bool]:
+    """Per row of generated tokens (prompt or decoder start removed): True when the row reached
+    `max_new_tokens` and holds none of `end_ids` (the cap stopped it, not the model). Rows that
+    ended earlier carry an end token followed by padding; a batch shorter than the cap has none."""
+    rows = new_tokens.shape[0]
+    if new_tokens.shape[1] < max_new_tokens:
+        return [False] * rows
+    ends = torch.isin(new_tokens, torch.tensor(sorted(set(int(i) for i in end_ids)), device=new_tokens.device))
+    return [not bool(row_ends) for row_ends in ends.any(dim=1).tolist()]
 
 
 _REGISTRY: dict[str, type[Captioner]] = {}

@@ -29,7 +29,6 @@ from bench.backends._lora import (
     PixelTrainCollate,
     add_peft,
     check_adapter_dir,
-    clean_captions,
     generation_kwargs,
     load_peft_adapter,
     peft_lora_config,
@@ -163,7 +162,7 @@ class ClipFlanT5Captioner(PixelLoraCaptioner):
         self.model.eval()
         pixel_values = batch["pixel_values"].to(self.device, dtype=self.model.vision.dtype, non_blocking=True)
         ids = self.model.generate(pixel_values, **generation_kwargs(gen))
-        return clean_captions(self.tokenizer, ids)
+        return self.decode_generated(ids, gen)
 
     # --- attention maps ------------------------------------------------------------------------
     def generate_with_attention(self, batch: Batch, gen: GenerationConfig) -> list[AttentionTrace]:

@@ -20,7 +20,6 @@ from bench.backends._lora import (
     PixelTrainCollate,
     add_peft,
     check_adapter_dir,
-    clean_captions,
     generation_kwargs,
     load_peft_adapter,
     peft_lora_config,
@@ -42,9 +41,6 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "attn_ffn": ATTN_TARGETS + ("mlp.c_fc", "mlp.c_proj"),
 }
 MAX_LABEL_TOKENS = 128
-
-
-
 
 
 @register_backend("vit-gpt2")
@@ -71,8 +67,8 @@ class VitGpt2Captioner(PixelLoraCaptioner):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         eos = tokenizer.eos_token_id
-        model.config.decoder_start_token_id = model.config.decoder_start_token_id or tokenizer.bos_token_id or eos
-        model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else eos
+        model.config.decoder_start_token_id = _first_id(model.config, "decoder_start_token_id", tokenizer.bos_token_id, eos)
+        model.config.pad_token_id = _first_id(model.config, "pad_token_id", eos)
         model.config.eos_token_id = eos
         # A clean generation config: the hub's defaults (e.g. num_beams=4, max_length=16) must not
         # leak into runs; bench's GenerationConfig is the only source of decoding settings.
@@ -99,7 +95,7 @@ class VitGpt2Captioner(PixelLoraCaptioner):
         self.model.eval()
         pixel_values = batch["pixel_values"].to(self.device, dtype=self.model.dtype, non_blocking=True)
         ids = self.model.generate(pixel_values=pixel_values, **generation_kwargs(gen))
-        return clean_captions(self.tokenizer, ids)
+        return self.decode_generated(ids, gen)
 
     # --- attention maps ------------------------------------------------------------------------
     def generate_with_attention(self, batch: Batch, gen: GenerationConfig) -> list[AttentionTrace]:
@@ -177,6 +173,21 @@ class VitGpt2Captioner(PixelLoraCaptioner):
         check_adapter_dir(Path(adapter_dir), self.name)
         self.peft_model = load_peft_adapter(self.model, self.peft_model, Path(adapter_dir))
         self.model.to(self.device)
+
+
+def _token_id(config: Any, name: str) -> int | None:
+    """`config.<name>`, None when undefined: transformers 5's VisionEncoderDecoderConfig raises
+    AttributeError for a token id the checkpoint's config.json does not define."""
+    value = getattr(config, name, None)
+    return None if value is None else int(value)
+
+
+def _first_id(config: Any, name: str, *fallbacks: int | None) -> int:
+    """The id from the top-level config, else the decoder's config, else the first fallback set."""
+    for value in (_token_id(config, name), _token_id(getattr(config, "decoder", None), name), *fallbacks):
+        if value is not None:
+            return int(value)
+    raise BenchError(f"config.json: field {name!r} is undefined and the tokenizer has no eos token to use instead")
 
 
 def _patch_grid(encoder_config: Any) -> tuple[int, int]:

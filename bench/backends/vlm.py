@@ -272,7 +272,7 @@ class VlmCaptioner(Captioner):
         return HFGenerationConfig(
             do_sample=False,
             num_beams=gen.num_beams if gen.strategy == "beam" else 1,
-            max_new_tokens=gen.max_new_tokens,
+            max_new_tokens=gen.for_kind(zero_shot=True).max_new_tokens,  # a run's plan always sets it
             no_repeat_ngram_size=gen.no_repeat_ngram_size,
             repetition_penalty=gen.repetition_penalty,
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
@@ -303,6 +303,9 @@ class VlmCaptioner(Captioner):
             texts = self.processor.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
             generated = out[:, prompt_len:]
         self.last_rows = [self._row_end(row) for row in generated.tolist()]
+        # Cut by max_new_tokens without an end token: counted per run (bench.captioning).
+        limit = gen.for_kind(zero_shot=True).max_new_tokens or 0
+        self.last_truncated = [not r.ended_with_eos and r.new_tokens >= limit for r in self.last_rows]
         return [postprocess_caption(t, self.template.sentences) for t in texts]
 
     def _row_end(self, tokens: list[int]) -> RowEnd:

@@ -103,6 +103,19 @@ def _summary(console: Console, results: list[tuple[Any, Any]]) -> None:
     console.print(table)
 
 
+def _warn_truncated(console: Console, done: list[tuple[Any, Any]]) -> None:
+    """Last words of `bench run`: runs whose captions were cut by max_new_tokens (scored as fragments)."""
+    for plan, result in done:
+        n = int(result.results.get("n_truncated") or 0)
+        if n:
+            limit = plan.setting.generation.max_new_tokens
+            console.print(
+                f"[yellow]warning[/]: {escape(plan.name)}: {n} of {result.results.get('n_images')} captions stopped at "
+                f"generation.max_new_tokens = {limit} without an end token and were scored as cut; "
+                "raise max_new_tokens in the setting"
+            )
+
+
 def run(
     setting: Annotated[
         str | None, typer.Option("--setting", "-s", help="Setting name (settings/NAME.toml) or path to a .toml.")
@@ -161,3 +174,4 @@ def run(
             done.append((plan, result))
     if len(done) > 1:
         _summary(console, done)
+    _warn_truncated(console, done)

@@ -9,6 +9,9 @@ Definitions (on PTB-tokenized captions: lowercased, punctuation removed, as they
   of the run divided by the total number of unigrams / bigrams (bigrams within a caption).
 * vocab_size: number of distinct words across all captions.
 * empty_share: share of captions with no word after tokenization (empty, blank or punctuation).
+* truncated_share: share of captions that stopped at `generation.max_new_tokens` without an end
+  token (fragments), from the run's `n_truncated`; None where the run did not record it
+  (external systems, runs made before bench counted it).
 """
 
 from __future__ import annotations
@@ -43,10 +46,18 @@ class Degeneration:
     distinct_2: float
     vocab_size: int
     empty_share: float
+    truncated_share: float | None = None
 
 
-def degeneration(tokenized: Sequence[str]) -> Degeneration:
-    """Statistics of a run's tokenized captions (one string per image)."""
+def recorded_count(results: Any, key: str) -> int | None:
+    """An integer count a run's results.json holds under `key` (None when absent or not a count)."""
+    value = results.get(key) if isinstance(results, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def degeneration(tokenized: Sequence[str], n_truncated: int | None = None) -> Degeneration:
+    """Statistics of a run's tokenized captions (one string per image); `n_truncated` from its
+    results.json."""
     captions = [t.split() for t in tokenized]
     n = len(captions)
     if n == 0:
@@ -61,6 +72,7 @@ def degeneration(tokenized: Sequence[str]) -> Degeneration:
         distinct_2=len(set(bigrams)) / len(bigrams) if bigrams else 0.0,
         vocab_size=len(set(unigrams)),
         empty_share=sum(not words for words in captions) / n,
+        truncated_share=None if n_truncated is None else n_truncated / n,
     )
 
 

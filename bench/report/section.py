@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.report.bootstrap import ALL_METRICS, BootstrapResult, RunInput, bootstrap, rouge_per_image
-from bench.report.diagnostics import Cost, Degeneration, cost, degeneration
+from bench.report.diagnostics import Cost, Degeneration, cost, degeneration, recorded_count
 from bench.report.load import RunData
 from bench.report.meteor import JarStats
 from bench.report.tokens import RunTokens
@@ -208,6 +208,6 @@ def _run_summary(
         p={},
         recomputed=recomputed,
         per_image=per_image,
-        degeneration=degeneration(cands),
+        degeneration=degeneration(cands, recorded_count(run.results, "n_truncated")),
         cost=cost(run.results),
     )

@@ -56,6 +56,10 @@ def _num(value: float | None, spec: str, suffix: str = "") -> str:
     return DASH if value is None else f"{value:{spec}}{suffix}"
 
 
+def _pct(share: float | None) -> float | None:
+    return None if share is None else 100 * share
+
+
 def _bold_best(values: Sequence[float | None], higher: bool) -> list[bool]:
     present = [v for v in values if v is not None]
     if len(present) < 2:
@@ -199,6 +203,8 @@ def degeneration_table(section: Section) -> Table:
         _Col("distinct-2", lambda r: f"{d(r).distinct_2:.4f}", lambda r: d(r).distinct_2),
         _Col("Vocabulary", lambda r: f"{d(r).vocab_size:,}", lambda r: float(d(r).vocab_size)),
         _Col("Empty", lambda r: f"{100 * d(r).empty_share:.1f}%", lambda r: d(r).empty_share, higher=False),
+        _Col("Cut at max_new_tokens", lambda r: _num(_pct(d(r).truncated_share), ".1f", "%"),
+             lambda r: d(r).truncated_share, higher=False),
     ]
     return _build("Degeneration", section.runs, cols)
 

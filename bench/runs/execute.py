@@ -156,6 +156,8 @@ def _caption_state(previous: Mapping[str, Any], stats: Sequence[Any]) -> dict[st
         "generate_s": float(previous.get("generate_s", 0.0)) + max(s.wall_s for s in stats),
         "model_s": float(previous.get("model_s", 0.0)) + max(s.generate_s for s in stats),
         "n_captioned": int(previous.get("n_captioned", 0)) + sum(s.n_captioned for s in stats),
+        # Each image is captioned once over all sessions and ranks, so its flags simply add up.
+        "n_truncated": int(previous.get("n_truncated", 0)) + sum(s.n_truncated for s in stats),
     }
 
 

@@ -116,6 +116,8 @@ def build_results(
         "dataset": plan.split.dataset,
         "fingerprint": plan.split.fingerprint,
         "n_images": len(plan.samples),
+        # Captions cut by generation.max_new_tokens without an end token (fragments, scored as is).
+        "n_truncated": int(state.get("caption", {}).get("n_truncated", 0)),
         "metrics": dict(scored.get("corpus", {})),
         "params": _params(state.get("train")),
         "timings": _timings(state, score_s),
