@@ -6,6 +6,7 @@ Heavy imports (torch, transformers) happen inside the commands, so `bench --help
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import typer
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: completed batches are saved; run the same command to resume")
         sys.exit(130)
+    finally:
+        # Everything is written and closed by now. Without this, interpreter shutdown spends about
+        # a second (measured: 1.3 s) collecting torch's and transformers' object graphs.
+        gc.freeze()
 
 
 if __name__ == "__main__":

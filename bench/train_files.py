@@ -16,6 +16,7 @@ import pickle
 import random
 import re
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -109,8 +110,21 @@ def write_curve(out_dir: Path, rows: list[dict[str, Any]], plot: bool) -> None:
     writer.writerow(columns)
     writer.writerows([row[c] for c in columns] for row in rows)
     atomic_write_text(out_dir / "loss.csv", text.getvalue())
-    if not plot or not rows:
-        return
+    if plot and rows:
+        plot_curve(out_dir, rows)
+
+
+def plot_curve_in_background(out_dir: Path, rows: list[dict[str, Any]]) -> threading.Thread:
+    """loss.png drawn beside the run's next stage (captioning, mostly in torch kernels that
+    release the GIL): the matplotlib import and drawing are half a second off every LoRA run.
+    Join the thread before the run ends; a run killed first redraws it when resumed."""
+    thread = threading.Thread(target=plot_curve, args=(out_dir, list(rows)), name="loss-png", daemon=True)
+    thread.start()
+    return thread
+
+
+def plot_curve(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """loss.png: the loss per optimizer step and per-epoch means (matplotlib's object API, Agg)."""
     from matplotlib.figure import Figure
 
     epochs: dict[int, list[dict[str, Any]]] = {}
