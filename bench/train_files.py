@@ -16,7 +16,6 @@ import pickle
 import random
 import re
 import shutil
-import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -112,15 +111,6 @@ def write_curve(out_dir: Path, rows: list[dict[str, Any]], plot: bool) -> None:
     atomic_write_text(out_dir / "loss.csv", text.getvalue())
     if plot and rows:
         plot_curve(out_dir, rows)
-
-
-def plot_curve_in_background(out_dir: Path, rows: list[dict[str, Any]]) -> threading.Thread:
-    """loss.png drawn beside the run's next stage (captioning, mostly in torch kernels that
-    release the GIL): the matplotlib import and drawing are half a second off every LoRA run.
-    Join the thread before the run ends; a run killed first redraws it when resumed."""
-    thread = threading.Thread(target=plot_curve, args=(out_dir, list(rows)), name="loss-png", daemon=True)
-    thread.start()
-    return thread
 
 
 def plot_curve(out_dir: Path, rows: list[dict[str, Any]]) -> None:

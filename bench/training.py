@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,7 +49,6 @@ from bench.errors import BenchError
 from bench.precision import cuda_half_dtype, cuda_native_bf16
 from bench.io import atomic_write_json
 from bench.train_files import (
-    plot_curve_in_background,
     resume_point,
     run_fingerprint,
     reset_adapters,
@@ -74,7 +72,6 @@ class TrainResult:
     trainable: int
     total: int
     cached: bool = False  # the final adapter was already there; nothing was trained
-    curve_thread: threading.Thread | None = None  # drawing loss.png; join it before the run ends
 
     @property
     def trainable_pct(self) -> float:
@@ -289,15 +286,13 @@ def _start_optimization(captioner: Captioner, cfg: TrainConfig, n_pairs: int, de
 
 
 def _end_epoch(captioner: Captioner, out_dir: Path, epoch: int, opt: _Optimization, state: dict[str, Any],
-               trackers: Any, last: bool) -> threading.Thread | None:
-    """Rank 0 after every epoch: the checkpoint (atomic), state.json, the loss curve, the trackers.
-    `last`: loss.png is drawn in the background instead (the thread is returned)."""
+               trackers: Any) -> None:
+    """Rank 0 after every epoch: the checkpoint (atomic), state.json, the loss curve, the trackers."""
     save_epoch(captioner, out_dir / "adapter", epoch, opt.optimizer, opt.scheduler, opt.scaler, state)
     atomic_write_json(out_dir / "state.json", state)
-    write_curve(out_dir, state["rows"], plot=not last)
+    write_curve(out_dir, state["rows"], plot=True)
     if trackers is not None:
         trackers.log_epoch(epoch, opt.step, state["final_loss"], state["train_s"])
-    return plot_curve_in_background(out_dir, state["rows"]) if last else None
 
 
 def train(
@@ -311,7 +306,6 @@ def train(
     num_workers: int | None = None,
     dist: Dist = SINGLE,
     trackers: Any = None,  # bench.tracking.Trackers (rank 0 of a --log-with run) or None
-    plot_in_background: bool = False,  # the last loss.png in a thread (TrainResult.curve_thread)
 ) -> TrainResult:
     """Fine-tune the captioner's LoRA adapter on (sample, caption) pairs; resumable, see module doc.
 
@@ -342,7 +336,7 @@ def train(
         parallel, opt.optimizer = prepare_parallel(captioner, opt.optimizer, cfg, device, dist)
 
     # 3. Train the remaining epochs; save everything after each one.
-    collate, started, final_loss, curve_thread = captioner.train_collate(), time.perf_counter(), None, None
+    collate, started, final_loss = captioner.train_collate(), time.perf_counter(), None
     with _progress(progress) as bar:
         task = bar.add_task("train", total=(cfg.epochs - start_epoch) * opt.batches_per_epoch, epoch=start_epoch + 1, loss="-")
         curve = _CurveWriter(out_dir, rows, bar, task, dist.is_main, trackers)
@@ -359,11 +353,10 @@ def train(
                 "config": fingerprint, "rows": rows, "processes": dist.world_size,
             }
             if dist.is_main:
-                curve_thread = _end_epoch(captioner, out_dir, epoch, opt, state, trackers, last=plot_in_background and epoch == cfg.epochs)
+                _end_epoch(captioner, out_dir, epoch, opt, state, trackers)
             dist.barrier()  # no rank runs ahead of a checkpoint it may have to resume from
     return TrainResult(
         cfg.epochs, opt.step, final_loss, train_s_before + time.perf_counter() - started, start_epoch, trainable, total,
-        curve_thread=curve_thread,
     )
 
 

@@ -86,13 +86,12 @@ def _caption(name: str, folder: Path, samples: list[Any], out: Path) -> dict[str
 
 
 def _clipscore(folder: Path, samples: list[Any]) -> dict[str, Any]:
-    from bench.data import load_image
     from bench.scoring.clipscore import ClipScorer
 
     scorer = ClipScorer(str(folder), device="cpu", batch_size=BATCH)
     scorer.load()
     start = time.perf_counter()
-    scorer.score([s.refs[0] for s in samples], [list(s.refs[1:]) for s in samples], [s.path for s in samples], load_image)
+    scorer.score([s.refs[0] for s in samples], [list(s.refs[1:]) for s in samples], [s.path for s in samples])
     seconds = time.perf_counter() - start
     return {"images": len(samples), "seconds": round(seconds, 2), "images_per_s": round(len(samples) / seconds, 3),
             "texts_per_image": len(samples[0].refs)}

@@ -289,7 +289,7 @@ def main() -> None:
     errors: dict[str, str] = {}
     images = {"vit-gpt2": 100, "clip-flan-t5": 20, "llava": 20} if args.quick else None
     results.update(_section("captioning", lambda: captioning.run(images), errors))
-    results.update(_section("harness", lambda: harness.run(1 if args.quick else 2, 100 if args.quick else 1000), errors))
+    results.update(_section("harness", lambda: harness.run(1 if args.quick else 3, 100 if args.quick else 1000), errors))
     results.update(_section("scoring", lambda: scoring.run(1 if args.quick else 2), errors))
     results.update(_section("bootstrap", lambda: bootstrap.run(), errors))
     real_models = ("vit-gpt2", "clipscore") if args.quick else real_architectures.MODELS

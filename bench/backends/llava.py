@@ -54,8 +54,7 @@ class LlavaCaptioner(VlmLoraMixin, VlmCaptioner):
         is reported as `image_mass`). `batch["captions"]` (optional): trace those texts.
         """
         from bench.backends._attention import (
-            CapturedTrace, captions_of, choose_tokens, cut_at_eos, eager_attention, square_grid, token_strings,
-            trace_forward,
+            captions_of, choose_tokens, cut_at_eos, eager_attention, square_grid, trace_forward, trace_of,
         )
 
         inputs = self._inputs(batch)
@@ -66,7 +65,6 @@ class LlavaCaptioner(VlmLoraMixin, VlmCaptioner):
             generated = self.model.generate(**inputs, generation_config=self._generation_config(gen))[:, prompt_len:].tolist()
         tok = self.processor.tokenizer
         stop = {i for i in (tok.eos_token_id, tok.pad_token_id, self.model.generation_config.eos_token_id) if isinstance(i, int)}
-        special = set(tok.all_special_ids)
         image_token = int(getattr(self.model.config, "image_token_id", None) or self.model.config.image_token_index)
         drop_cls = getattr(self.model.config, "vision_feature_select_strategy", "default") == "full"
         layers = [layer.self_attn for layer in self.model.model.language_model.layers]
@@ -100,17 +98,7 @@ class LlavaCaptioner(VlmLoraMixin, VlmCaptioner):
 
                 with eager_attention(self.model):
                     maps, mass = trace_forward(forward, layers, 1, rows, image_cols, full.shape[1])
-            keep = [k for k, t in enumerate(ids) if t not in special]
-            traces.append(
-                CapturedTrace(
-                    caption=captions[i] if captions[i] is not None else decode(ids),
-                    tokens=token_strings(tok, [ids[k] for k in keep]),
-                    maps=[maps[k] for k in keep],
-                    grid=grid,
-                    token_ids=[ids[k] for k in keep],
-                    source=source,
-                    image_mass=[mass[k] for k in keep],
-                    positions=f"LLM self-attention to the {len(image_cols)} image tokens (renormalised over them)",
-                )
-            )
+            caption = captions[i] if captions[i] is not None else decode(ids)
+            where = f"LLM self-attention to the {len(image_cols)} image tokens (renormalised over them)"
+            traces.append(trace_of(tok, caption, ids, maps, mass, grid, source, where))
         return traces

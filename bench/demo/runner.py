@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,21 +105,12 @@ def run_demo_settings(profile: Profile, *, force: bool = False, console: Any = N
     return results
 
 
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def _quiet_transformers() -> Any:
     """No per-file "Loading weights" / "Writing model shards" bars and warnings from transformers
     while the demo saves and loads its tiny models dozens of times (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
+    from bench.model_source import quiet_transformers
 
-    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
+    return quiet_transformers()
 
 
 def run_demo(out: Path, *, fast: bool = False, force: bool = False, console: Any = None, progress: bool = True) -> DemoResult:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,6 @@ class RunContext:
     dist: Dist
     state: dict[str, Any]  # run_state.json: figures of the finished stages
     trackers: Any = None  # bench.tracking.Trackers of a --log-with run (rank 0), else None
-    pending: list[Any] = field(default_factory=list)  # background threads the run waits for before scoring
 
     def say(self, message: str) -> None:
         if self.console is not None:
@@ -123,9 +122,7 @@ def load_and_train(run: RunContext) -> Any:
     result = training.train(
         captioner, pairs, setting.train, plan.run_dir / "train", setting.seed, run.device,
         progress=run.progress, num_workers=run.num_workers, dist=run.dist, trackers=run.trackers,
-        plot_in_background=True,  # joined in train_and_caption, after captioning
     )
-    run.pending.append(result.curve_thread)  # loss.png, drawn while the run captions
     if "train" not in run.state:  # a resumed run keeps the first record
         run.state["train"] = {
             "epochs_done": int(result.epochs_done),
@@ -195,13 +192,8 @@ def train_and_caption(run: RunContext) -> None:
         return
     # Workers decode images while the model runs: leave them their cores (CPU only).
     with cpu_threads(run.device, run.num_workers, run.dist.world_size):
-        try:
-            captioner = load_and_train(run)
-            caption(run, captioner, missing)
-        finally:
-            for thread in run.pending:
-                if thread is not None:
-                    thread.join()
+        captioner = load_and_train(run)
+        caption(run, captioner, missing)
     del captioner
     free_memory(run.device)
 
