@@ -101,7 +101,7 @@ def measure_one(name: str, n_images: int) -> dict[str, Any]:
     """Build, load and run one model in this process; the figures of one table row."""
     import torch
 
-    from bench.runs.environment import peak_memory, reset_peak_memory
+    from bench.run.environment import peak_memory, reset_peak_memory
     from benchmarks.captioning import flickr_samples
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -1,6 +1,6 @@
 """`bench attend` on real runs of tiny models over Flickr8k images, for all three backends.
 
-The runs are made once per module by `bench.runs.execute_run` (LoRA training included), in
+The runs are made once per module by `bench.run.execute_run` (LoRA training included), in
 process: the CLI is also called in process (`bench.cli.main`), so the model imports are paid once.
 """
 
@@ -55,7 +55,7 @@ def _setting(folder: Path, name: str, text: str) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, tiny_models: dict[str, Path], tiny_clip: Path) -> Iterator[dict]:
     """One finished run per backend under a private BENCH_RUNS: {"root", backend: run folder}."""
-    from bench.runs import execute_run
+    from bench.run import execute_run
     from bench.settings import load_setting
 
     torch.set_num_threads(1)

@@ -146,7 +146,7 @@ def fabricate_run(setting_path: Path, backend: str, image: Path) -> Path:
     from bench.captioning import caption_samples
     from bench.data.types import Sample
     from bench.io import atomic_write_json
-    from bench.runs import plan_run, split_json
+    from bench.run import plan_run, split_json
     from bench.settings import load_setting
 
     setting = load_setting(setting_path)

@@ -156,7 +156,7 @@ def test_verdict_holds_on_the_report_numbers(demo_run: DemoRun) -> None:
 
 @pytest.mark.slow
 def test_runs_are_ordinary_registry_runs_of_the_fast_models(demo_run: DemoRun, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bench.runs import list_runs
+    from bench.run import list_runs
 
     infos = list_runs(demo_run.runs)
     assert len(infos) == 6 and all(i.status == "complete" and i.dataset == "synth" for i in infos)
@@ -177,7 +177,7 @@ def test_runs_are_ordinary_registry_runs_of_the_fast_models(demo_run: DemoRun, m
 
 @pytest.mark.slow
 def test_a_rebuilt_model_makes_its_runs_stale(demo_run: DemoRun, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bench.runs import plan_run
+    from bench.run import plan_run
 
     monkeypatch.setenv("BENCH_CACHE", str(demo_run.cache))
     monkeypatch.setenv("BENCH_RUNS", str(demo_run.runs))

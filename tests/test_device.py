@@ -21,8 +21,8 @@ from bench.config import GenerationConfig, ModelConfig, ScoringConfig
 from bench.data.types import Sample
 from bench.distributed import SINGLE, Dist
 from bench.errors import BenchError
-from bench.runs import ScorerPool, cpu_thread_budget, cpu_threads, resolve_device
-from bench.runs.execute import RunContext, _generation_autocast, score
+from bench.run import ScorerPool, cpu_thread_budget, cpu_threads, resolve_device
+from bench.run.execute import RunContext, _generation_autocast, score
 from conftest import REPO
 
 sys.path.insert(0, str(REPO))  # benchmarks/ as a namespace package

@@ -73,7 +73,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot
 import pandas, peft
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer, CLIPModel, VisionEncoderDecoderModel, ViTImageProcessorPil
-import bench.captioning, bench.cli, bench.io, bench.runs, bench.scoring, bench.training
+import bench.captioning, bench.cli, bench.io, bench.run, bench.scoring, bench.training
 from bench.backends import get_backend
 get_backend("vit-gpt2")
 

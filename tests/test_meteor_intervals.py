@@ -125,7 +125,7 @@ def test_published_report_intervals_contain_their_values(scored, bench_env):
     from bench.data import fingerprint
     from bench.data.types import RefEntry
     from bench.report import build_report
-    from bench.runs import record_external_run
+    from bench.run import record_external_run
     from bench.scoring import Scorer
 
     with Scorer(metrics=("bleu", "meteor", "rouge", "cider")) as scorer:

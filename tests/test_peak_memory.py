@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from bench.runs import execute_plan, plan_run
-from bench.runs.environment import peak_memory, reset_peak_memory
+from bench.run import execute_plan, plan_run
+from bench.run.environment import peak_memory, reset_peak_memory
 from bench.settings import load_setting
 
 BIG_MB = 400
@@ -35,7 +35,7 @@ def test_reset_starts_a_new_peak() -> None:
 
 def test_each_run_of_one_process_records_its_own_peak(bench_env, shared_data: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import bench.runs.execute as execute
+    import bench.run.execute as execute
 
     recorded: dict[str, Any] = {}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench.io import read_records
-from bench.runs import METRIC_KEYS
+from bench.run import METRIC_KEYS
 from conftest import REPO, build_once, shared_tmp, tiny_setting_text
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from bench.captioning import caption_samples, pending_batches
 from bench.config import GenerationConfig, ModelConfig
 from bench.errors import BenchError, RunLockedError
 from bench.io import append_records, atomic_write_json, exclusive_lock, read_records
-from bench.runs import (
+from bench.run import (
     METRIC_KEYS,
     config_diff,
     execute_plan,
@@ -21,7 +21,7 @@ from bench.runs import (
     plan_run,
     record_external_run,
 )
-from bench.runs.registry import cached_results
+from bench.run.registry import cached_results
 from bench.settings import load_setting
 
 

@@ -58,7 +58,7 @@ def test_the_caption_loop_counts_flagged_captions(tmp_path: Path, flags: bool, e
 
 
 def test_counts_add_up_over_sessions_and_ranks() -> None:
-    from bench.runs.execute import _caption_state
+    from bench.run.execute import _caption_state
 
     stats = [SimpleNamespace(wall_s=1.0, generate_s=0.5, n_captioned=4, n_truncated=n) for n in (1, 2)]
     assert _caption_state({"n_truncated": 5, "n_captioned": 2}, stats)["n_truncated"] == 8
@@ -84,7 +84,7 @@ def test_the_degeneration_table_has_a_cut_column() -> None:
 
 
 def test_zero_shot_runs_default_to_64_new_tokens_lora_runs_to_30(bench_env, shared_data: Path, tmp_path: Path) -> None:
-    from bench.runs import plan_run
+    from bench.run import plan_run
     from bench.settings import load_setting, prompt_setting
 
     def max_new(text: str | None, backend: str) -> int:

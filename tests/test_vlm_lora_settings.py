@@ -11,7 +11,7 @@ import pytest
 
 from bench import paths
 from bench.errors import BenchError
-from bench.runs.plan import plan_run
+from bench.run.plan import plan_run
 from bench.settings import expanded, list_settings, load_setting, prompt_setting
 
 REPO = Path(__file__).resolve().parent.parent

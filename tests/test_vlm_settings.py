@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.errors import BenchError
-from bench.runs.plan import resolved_config, run_identity, with_backend_defaults
+from bench.run.plan import resolved_config, run_identity, with_backend_defaults
 from bench.settings import expanded, load_setting, prompt_setting
 from bench.sweep import model_slug
 

@@ -110,7 +110,7 @@ def attend_run(
 ) -> list[AttendFigure]:
     """Write one attention PNG per chosen image of the run in `folder`; returns what was drawn."""
     from bench.data.types import Sample
-    from bench.runs import resolve_device
+    from bench.run import resolve_device
 
     layer_index = parse_layer(layer)
     if heads not in HEADS:

@@ -104,7 +104,7 @@ def _label(path: Any) -> str:
 
 
 def runs_table() -> Table:
-    from bench.runs import list_runs, run_label
+    from bench.run import list_runs, run_label
 
     table = Table(title=f"runs ({escape(run_label(paths.runs_dir()))}/<setting>/<backend>)", header_style="bold")
     table.add_column("run", no_wrap=True)

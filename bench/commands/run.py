@@ -40,7 +40,7 @@ def _settings_for(setting: str | None, prompt: str | None, group: str | None, mo
 
 
 def _plans(settings: list[Any], backend: str | None, data: str | None, limit: int | None) -> list[Any]:
-    from bench.runs import plan_run
+    from bench.run import plan_run
     from bench.settings import backend_catalog
 
     if backend is not None and backend not in backend_catalog():
@@ -64,7 +64,7 @@ def _plans(settings: list[Any], backend: str | None, data: str | None, limit: in
 
 def metrics_table(results: dict[str, Any], title: str | None = None) -> Table:
     """One row per metric (pycocoevalcap 0-1 scale; CLIPScore on the paper's 0-2.5 scale)."""
-    from bench.runs import METRIC_KEYS
+    from bench.run import METRIC_KEYS
 
     metrics = results.get("metrics", {})
     timings = results.get("timings", {})
@@ -86,7 +86,7 @@ def metrics_table(results: dict[str, Any], title: str | None = None) -> Table:
 
 
 def _summary(console: Console, results: list[tuple[Any, Any]]) -> None:
-    from bench.runs import run_label
+    from bench.run import run_label
 
     table = Table(title="runs", header_style="bold")
     for col in ("run", "status", "images", "CIDEr", "CLIPScore", "BLEU-4", "folder"):
@@ -140,7 +140,7 @@ def run(
 ) -> None:
     """Train (LoRA backends), caption the validation split and score it; cached when done."""
     from bench.distributed import is_main_process
-    from bench.runs import ScorerPool, execute_plan, run_label
+    from bench.run import ScorerPool, execute_plan, run_label
 
     # Under `accelerate launch` / torchrun every process runs this; rank 0 alone prints.
     console = Console(highlight=False, quiet=not is_main_process())

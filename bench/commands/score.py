@@ -128,7 +128,7 @@ def _record_as_run(
     """`--as-run`: register the scored captions as runs/NAME/external (bench compare reads it)."""
     from bench.data import fingerprint
     from bench.data.types import RefEntry
-    from bench.runs import record_external_run
+    from bench.run import record_external_run
 
     # The same fingerprint a dataset split of these images and references gets.
     fp = fingerprint(RefEntry(i, None, tuple(r)) for i, r in refs.items())
@@ -273,7 +273,7 @@ def score(
     image_map = _clip_images(metric_names, images, entry_by_id, err)
 
     if as_run is not None:
-        from bench.runs import check_run_name
+        from bench.run import check_run_name
 
         check_run_name(as_run)  # fail before minutes of scoring, not after
     started = time.perf_counter()

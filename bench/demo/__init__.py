@@ -8,7 +8,7 @@
                   CLIPScore; saved with save_pretrained under BENCH_CACHE/demo-models/<name>/ and
                   reused while their manifest matches.
     3. runs       the `demo` group of settings/ (zero-shot LLaVA with two prompts, LoRA settings
-                  on both LoRA backends) through bench.runs, into the normal run registry.
+                  on both LoRA backends) through bench.run, into the normal run registry.
     4. report     bench.report.build_report over the demo runs -> reports/demo.md (+ demo.json),
                   its leaderboard in the terminal and a verdict computed from the report data.
 

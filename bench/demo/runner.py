@@ -1,4 +1,4 @@
-"""`bench demo` step by step: datasets, models, the demo group's runs through bench.runs, the report."""
+"""`bench demo` step by step: datasets, models, the demo group's runs through bench.run, the report."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def demo_settings(profile: Profile) -> list[Setting]:
 def _stale(plan: Any, model_dirs: Sequence[Path]) -> str | None:
     """Why a finished demo run must be recomputed: a different config in its folder (e.g. a --fast
     demo ran there before), or a model it used rebuilt after it finished."""
-    from bench.runs import config_diff
+    from bench.run import config_diff
 
     results_path = plan.run_dir / "results.json"
     config_path = plan.run_dir / "config.json"
@@ -75,8 +75,8 @@ def _stale(plan: Any, model_dirs: Sequence[Path]) -> str | None:
 
 
 def run_demo_settings(profile: Profile, *, force: bool = False, console: Any = None, progress: bool = True) -> list[Any]:
-    """Every (setting, backend) of the demo group through bench.runs, sharing one scorer pool."""
-    from bench.runs import ScorerPool, execute_plan, plan_run
+    """Every (setting, backend) of the demo group through bench.run, sharing one scorer pool."""
+    from bench.run import ScorerPool, execute_plan, plan_run
 
     plans = []
     splits: dict[Any, Any] = {}

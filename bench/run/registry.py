@@ -20,8 +20,8 @@ from bench import paths
 from bench.errors import BenchError
 from bench.io import atomic_write_json, atomic_write_text, encode_record, exclusive_lock, read_json, read_records
 from bench.predictions_file import SHARD_GLOB
-from bench.runs.plan import RunPlan, config_diff, run_dir_for, run_label, split_json
-from bench.runs.results import load_results, normalize_metrics_json, provenance
+from bench.run.plan import RunPlan, config_diff, run_dir_for, run_label, split_json
+from bench.run.results import load_results, normalize_metrics_json, provenance
 
 # Everything a run writes; --force removes all of it (after taking the lock) so nothing stale stays.
 RUN_FILES: tuple[str, ...] = (

@@ -7,11 +7,11 @@
     environment.py  device, CPU threads, versions, git commit, peak memory
 """
 
-from bench.runs.environment import cpu_thread_budget, cpu_threads, library_versions, peak_memory, resolve_device
-from bench.runs.execute import execute_plan, execute_run
-from bench.runs.plan import RunPlan, config_diff, plan_run, resolved_config, run_dir_for, run_identity, run_label, split_json
-from bench.runs.registry import RunInfo, check_run_name, clear_run_dir, list_runs, record_external_run
-from bench.runs.results import METRIC_KEYS, RunResult, load_results, metrics_json, normalize_metrics_json
+from bench.run.environment import cpu_thread_budget, cpu_threads, library_versions, peak_memory, resolve_device
+from bench.run.execute import execute_plan, execute_run
+from bench.run.plan import RunPlan, config_diff, plan_run, resolved_config, run_dir_for, run_identity, run_label, split_json
+from bench.run.registry import RunInfo, check_run_name, clear_run_dir, list_runs, record_external_run
+from bench.run.results import METRIC_KEYS, RunResult, load_results, metrics_json, normalize_metrics_json
 from bench.scoring.pool import ScorerPool
 
 __all__ = [

@@ -14,8 +14,8 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.io import read_json
-from bench.runs.environment import git_commit, library_versions, peak_memory
-from bench.runs.plan import RunPlan, run_label
+from bench.run.environment import git_commit, library_versions, peak_memory
+from bench.run.plan import RunPlan, run_label
 
 METRIC_KEYS: tuple[str, ...] = (
     "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CLIPScore", "RefCLIPScore",

@@ -22,10 +22,10 @@ from typing import Any
 from bench.distributed import Dist, detect
 from bench.errors import BenchError
 from bench.io import atomic_write_json, exclusive_lock
-from bench.runs.environment import cpu_threads, free_memory, reset_peak_memory, resolve_device
-from bench.runs.plan import RunPlan
-from bench.runs.registry import cached_results, remove_stale_temps, start_run
-from bench.runs.results import RunResult, build_results, metrics_json
+from bench.run.environment import cpu_threads, free_memory, reset_peak_memory, resolve_device
+from bench.run.plan import RunPlan
+from bench.run.registry import cached_results, remove_stale_temps, start_run
+from bench.run.results import RunResult, build_results, metrics_json
 from bench.scoring.pool import ScorerPool
 
 
@@ -300,7 +300,7 @@ def execute_run(
     scorers: ScorerPool | None = None,
 ) -> RunResult:
     """Train (LoRA backends), caption and score one (setting, backend); a cache hit if done."""
-    from bench.runs.plan import plan_run
+    from bench.run.plan import plan_run
 
     plan = plan_run(setting, backend, limit=limit, dataset=dataset)
     return execute_plan(
