@@ -111,3 +111,14 @@ def write_stand_in_data(root: Path, n_flickr: int = 1000, n_coco: int = 12) -> P
         refs[f"COCO_{i:04d}.jpg"] = [f"a grey square {i}, reference {k}" for k in range(5)]
     (coco / "refs.json").write_text(json.dumps(refs), encoding="utf-8")
     return root
+
+
+def missing_env(data: Iterable[str] = (), models: Iterable[str] = ()) -> str | None:
+    """How `make bench` names a section it skips: "needs BENCH_SHARED_DATA (PATH not found)" for
+    the first absent path (data first, then model files), else None."""
+    for root, env, relative in ((paths.shared_data_dir(), "BENCH_SHARED_DATA", data),
+                                (paths.shared_models_dir(), "BENCH_SHARED_MODELS", models)):
+        for rel in relative:
+            if not (root / rel).exists():
+                return f"needs {env} ({root / rel} not found)"
+    return None
