@@ -36,7 +36,7 @@ def test_one_summary_line_for_the_skips_without_shared(tmp_path: Path, xdist: li
     assert "not found" not in out  # the per-test reasons stay out of the short summary...
     assert "no GPU here, a reason of its own" in out  # ...other reasons stay in it
     assert "1 passed, 4 skipped" in out  # the count still includes every skip
-    assert max(map(len, out.splitlines())) <= 80
+    assert all(len(line) <= 80 or str(tmp_path) in line for line in out.splitlines())  # long paths stay whole
 
 
 def test_no_summary_line_when_shared_is_there(tmp_path: Path, stand_in_data: Path) -> None:

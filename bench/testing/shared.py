@@ -82,7 +82,8 @@ def summary(kinds: Iterable[str], width: int = 80) -> list[str]:
         f"({DATA_HOLDS}), {n_models} need {paths.shared_models_dir()} ({MODELS_HOLDS}); to run them, "
         "point BENCH_SHARED_DATA and BENCH_SHARED_MODELS at copies of those folders."
     )
-    return textwrap.wrap(text, width=width - 1, subsequent_indent="  ", break_on_hyphens=False)
+    # Paths are never cut: a reader copies them (a path longer than a line gets a line of its own).
+    return textwrap.wrap(text, width=width - 1, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
 
 
 def write_stand_in_data(root: Path, n_flickr: int = 1000, n_coco: int = 12) -> Path:
