@@ -9,6 +9,7 @@ import functools
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -203,3 +204,53 @@ def test_a_renamed_flag_or_subcommand_is_caught(tmp_path: Path) -> None:
     assert "no flag --limits" in found[1][0] and found[2] == ["`bench data` has no subcommand 'inspect'"]
     assert found[3] == [] and commands[1].where.endswith(":3")
 
+
+
+def toml_blocks(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every ```toml fence of one markdown file."""
+    return [(t.map[0] + 1, t.content) for t in MarkdownIt().parse(path.read_text(encoding="utf-8"))
+            if t.type == "fence" and t.info.strip() == "toml" and t.map]
+
+
+@pytest.mark.parametrize("path", doc_files(), ids=[p.relative_to(REPO).as_posix() for p in doc_files()])
+def test_every_toml_block_parses(path: Path) -> None:
+    import tomllib
+
+    for line, text in toml_blocks(path):
+        try:
+            tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            pytest.fail(f"{path.name}:{line}: {exc}")
+
+
+def test_the_readme_example_checks_and_plans(tmp_path: Path, stand_in_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's worked example: its dataset and setting files, with the dataset's two paths pointed
+    at a stand-in CSV dataset, pass `bench data info` and plan both runs its commands start."""
+    home = tmp_path / "home"
+    for folder in ("settings", "prompts", "datasets"):
+        shutil.copytree(REPO / folder, home / folder)
+    written = []
+    for _, text in toml_blocks(REPO / "README.md"):
+        target = re.match(r"# ((?:datasets|settings)/[\w-]+\.toml)\n", text)
+        if target:
+            text = re.sub(r'(?m)^annotations = ".*"', f'annotations = "{stand_in_data}/flickr8k-1k/captions.txt"', text)
+            text = re.sub(r'(?m)^images = ".*"', f'images = "{stand_in_data}/flickr8k-1k/images"', text)
+            (home / target.group(1)).write_text(text)
+            written.append(target.group(1))
+    assert sorted(written) == ["datasets/my-photos.toml", "settings/my_lora.toml"]
+    env = {**os.environ, "BENCH_HOME": str(home), "BENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    readme = {c.args[:2]: c.args for c in bash_commands(REPO / "README.md")}
+    info = subprocess.run([sys.executable, "-m", "bench", *readme[("data", "info")]], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert info.returncode == 0 and "my-photos" in info.stdout, info.stdout + info.stderr
+
+    from bench.run.plan import plan_run
+    from bench.settings import load_setting, prompt_setting
+
+    monkeypatch.setenv("BENCH_HOME", str(home))
+    lora = plan_run(load_setting("my_lora"), "vit-gpt2")
+    assert lora.kind == "lora" and lora.config["model"]["model"] == "/models/my-vit-gpt2" and len(lora.samples) == 200
+    args = readme[("run", "--prompt")]
+    zero = prompt_setting(args[2], model=args[args.index("--model") + 1])
+    plan = plan_run(zero, zero.backends[0], dataset=args[args.index("--data") + 1])
+    assert plan.kind == "zero-shot" and plan.split.fingerprint == lora.split.fingerprint
