@@ -75,7 +75,9 @@ def missing_shared(name: str) -> str | None:
 
     try:
         module = importlib.import_module(f"benchmarks.{name}")
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as exc:
+        if exc.name != f"benchmarks.{name}":
+            raise  # the module is there but imports something missing: a failure, not a skip
         return None
     return missing_env(getattr(module, "NEEDS_SHARED_DATA", ()), getattr(module, "NEEDS_SHARED_MODELS", ()))
 
@@ -162,11 +164,10 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{gpu['gpu']}: {row['new_tokens']} new tokens, peak {row['peak_memory_gib']} GiB, MFU {_pct(row['mfu'])}",
             ))
     else:
-        rows.append(("LLaVA-1.5-7B on GPU (bf16, 4-bit; batch 1, 32)", "pending",
-                     gpu.get("reason", r.get("captioning_skipped", GPU_PENDING))))
-    rows += [(f"section {name}", "skipped", why.removeprefix("skipped: ")) for name, why in skipped_sections(r).items()]
+        rows.append(("LLaVA-1.5-7B on GPU (bf16, 4-bit; batch 1, 32)", "pending", gpu.get("reason", GPU_PENDING)))
     if "make_bench_seconds" in r:
         rows.append(("make bench, total", f"{r['make_bench_seconds']:.0f} s", "this run, all sections"))
+    rows += [(f"section {name}", "skipped", why.removeprefix("skipped: ")) for name, why in skipped_sections(r).items()]
     return rows
 
 
