@@ -254,3 +254,8 @@ def test_the_readme_example_checks_and_plans(tmp_path: Path, stand_in_data: Path
     zero = prompt_setting(args[2], model=args[args.index("--model") + 1])
     plan = plan_run(zero, zero.backends[0], dataset=args[args.index("--data") + 1])
     assert plan.kind == "zero-shot" and plan.split.fingerprint == lora.split.fingerprint
+
+
+def test_the_readme_stays_a_five_minute_read() -> None:
+    """Under 150 lines: the rest belongs in a docs/ page, linked from the README's table."""
+    assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) < 150
