@@ -22,22 +22,20 @@ DATA_HOLDS = "1,000 Flickr8k photos with 5 references, COCO-12, published system
 MODELS_HOLDS = "the default hub models' real configs and tokenizers, without weights"
 
 
+def _first_absent(root: Path, relative: Iterable[str]) -> Path | None:
+    return next((root / rel for rel in relative if not (root / rel).exists()), None)
+
+
 def data_missing(*relative: str) -> str | None:
     """The skip reason when one of these paths under the shared data is absent, else None."""
-    root = paths.shared_data_dir()
-    for rel in relative or ("",):
-        if not (root / rel).exists():
-            return f"{DATA_TAG}: {root / rel} not found (set BENCH_SHARED_DATA)"
-    return None
+    absent = _first_absent(paths.shared_data_dir(), relative or ("",))
+    return None if absent is None else f"{DATA_TAG}: {absent} not found (set BENCH_SHARED_DATA)"
 
 
 def models_missing(*relative: str) -> str | None:
     """The skip reason when one of these paths under the shared model files is absent, else None."""
-    root = paths.shared_models_dir()
-    for rel in relative or ("",):
-        if not (root / rel).exists():
-            return f"{MODELS_TAG}: {root / rel} not found (set BENCH_SHARED_MODELS)"
-    return None
+    absent = _first_absent(paths.shared_models_dir(), relative or ("",))
+    return None if absent is None else f"{MODELS_TAG}: {absent} not found (set BENCH_SHARED_MODELS)"
 
 
 def need_data(*relative: str) -> Path:
@@ -117,9 +115,8 @@ def write_stand_in_data(root: Path, n_flickr: int = 1000, n_coco: int = 12) -> P
 def missing_env(data: Iterable[str] = (), models: Iterable[str] = ()) -> str | None:
     """How `make bench` names a section it skips: "needs BENCH_SHARED_DATA (PATH not found)" for
     the first absent path (data first, then model files), else None."""
-    for root, env, relative in ((paths.shared_data_dir(), "BENCH_SHARED_DATA", data),
-                                (paths.shared_models_dir(), "BENCH_SHARED_MODELS", models)):
-        for rel in relative:
-            if not (root / rel).exists():
-                return f"needs {env} ({root / rel} not found)"
+    if (absent := _first_absent(paths.shared_data_dir(), data)) is not None:
+        return f"needs BENCH_SHARED_DATA ({absent} not found)"
+    if (absent := _first_absent(paths.shared_models_dir(), models)) is not None:
+        return f"needs BENCH_SHARED_MODELS ({absent} not found)"
     return None
