@@ -55,5 +55,7 @@ def test_skip_reasons_are_tagged_by_what_is_missing(tmp_path: Path, monkeypatch:
     assert data == f"needs ../shared/data: {tmp_path / 'd' / 'flickr8k-1k'} not found (set BENCH_SHARED_DATA)"
     assert shared.skip_kind(f"Skipped: {data}") == "data" and shared.skip_kind(str(models)) == "models"
     assert shared.skip_kind("needs a CUDA GPU") is None and shared.summary([]) == []
+    assert shared.skip_kind(f"Skipped: {tmp_path / 'm'} is empty") == "models"  # an ad-hoc reason naming the folder
+    assert shared.skip_kind("shared data not found (set BENCH_SHARED_DATA)") == "data"
     (tmp_path / "d" / "flickr8k-1k").mkdir(parents=True)
     assert shared.data_missing("flickr8k-1k") is None and shared.need_data("flickr8k-1k") == tmp_path / "d"

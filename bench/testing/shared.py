@@ -63,10 +63,14 @@ def _skip(reason: str) -> Any:
 
 
 def skip_kind(reason: str) -> str | None:
-    """"data" or "models" when a skip reason is one of ours, else None."""
-    if DATA_TAG in reason:
-        return "data"
-    return "models" if MODELS_TAG in reason else None
+    """"data" or "models" when a skip is for lack of ../shared, else None. Besides the tagged
+    reasons above, a reason naming the folder or its variable counts (a test written without
+    these helpers still lands in the summary)."""
+    for kind, tag, env, root in (("data", DATA_TAG, "BENCH_SHARED_DATA", paths.shared_data_dir()),
+                                 ("models", MODELS_TAG, "BENCH_SHARED_MODELS", paths.shared_models_dir())):
+        if tag in reason or env in reason or str(root) in reason:
+            return kind
+    return None
 
 
 def summary(kinds: Iterable[str], width: int = 80) -> list[str]:
