@@ -259,3 +259,13 @@ def test_the_readme_example_checks_and_plans(tmp_path: Path, stand_in_data: Path
 def test_the_readme_stays_a_five_minute_read() -> None:
     """Under 150 lines: the rest belongs in a docs/ page, linked from the README's table."""
     assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) < 150
+
+
+REPO_PATH = re.compile(r"`((?:bench|tests|benchmarks|examples|settings|prompts|datasets|reports)/[\w./-]*)`")
+
+
+@pytest.mark.parametrize("path", doc_files(), ids=[p.relative_to(REPO).as_posix() for p in doc_files()])
+def test_every_repository_path_the_docs_name_exists(path: Path) -> None:
+    """`bench/...py`, `tests/...py`, `settings/x.toml` and the like, so a moved module is noticed."""
+    named = REPO_PATH.findall(path.read_text(encoding="utf-8"))
+    assert [p for p in named if not (REPO / p).exists()] == []
