@@ -21,7 +21,8 @@ from bench.config import GenerationConfig, ModelConfig, ScoringConfig
 from bench.data.types import Sample
 from bench.distributed import SINGLE, Dist
 from bench.errors import BenchError
-from bench.run import ScorerPool, cpu_thread_budget, cpu_threads, resolve_device
+from bench.run import ScorerPool
+from bench.run.environment import cpu_thread_budget, cpu_threads, resolve_device
 from bench.run.execute import RunContext, _generation_autocast, score
 from conftest import REPO
 

@@ -162,7 +162,7 @@ def test_published_report_intervals_contain_their_values(scored, bench_env):
 def test_malformed_statistics_are_one_line_errors(tmp_path, bad):
     from bench.errors import BenchError
     from bench.report.load import load_run
-    from bench.report.testing import write_run
+    from bench.testing.run_folders import write_run
 
     folder = write_run(
         tmp_path, setting="s", backend="b", kind="external", dataset="d", fingerprint="f",

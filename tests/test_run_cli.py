@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench.io import read_records
-from bench.run import METRIC_KEYS
+from bench.scoring.metrics import metric_keys
 from conftest import REPO, build_once, shared_tmp, tiny_setting_text
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ batch_size = 10
 """
 # METEOR's JVM costs ~15 s per run on this 2-core machine; the scorer's own tests cover it.
 METRICS = 'metrics = ["bleu", "rouge", "cider", "clipscore"]\n'
-SCORED_KEYS = [k for k in METRIC_KEYS if k != "METEOR"]
+SCORED_KEYS = [k for k in metric_keys() if k != "METEOR"]
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -27,13 +27,13 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.io import atomic_write_text
 from bench.report import figures as figs
-from bench.report.bootstrap import ALL_METRICS
 from bench.report.diagnostics import Cost
 from bench.report.load import RunData, find_runs
 from bench.report.markdown import cell, link, table
 from bench.report.section import RunSummary, Section, analyse_section, group_runs
 from bench.report.tables import Table, section_tables
 from bench.report.tokens import tokenize_runs
+from bench.scoring.metrics import metric_keys
 
 __all__ = ["ReportResult", "SectionSummary", "build_report"]
 
@@ -215,7 +215,7 @@ def _run_record(r: RunSummary) -> dict[str, Any]:
                 "p_vs_baseline": r.p.get(m),
                 "recomputed": r.recomputed.get(m),
             }
-            for m in ALL_METRICS
+            for m in metric_keys()
             if m in r.values
         },
         "degeneration": asdict(r.degeneration),
@@ -232,7 +232,7 @@ def _csv_rows(section: Section) -> list[dict[str, Any]]:
             "prompt": r.data.prompt, "prompt_text": r.data.prompt_text, "model": r.data.model,
             "baseline": section.baseline,
         }
-        for m in ALL_METRICS:
+        for m in metric_keys():
             row[m] = r.values.get(m)
             row[f"{m} lo"], row[f"{m} hi"] = r.ci.get(m, (None, None))
             row[f"{m} p"] = r.p.get(m)
