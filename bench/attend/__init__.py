@@ -60,7 +60,7 @@ from bench.attend.run_folder import (
 )
 from bench.errors import BenchError
 from bench.io import exclusive_lock
-from bench.run.folder import CONFIG
+from bench.run.folder import CONFIG, SPLIT
 from bench.run.folder import RunFolder as Folder  # the owner (attend's RunFolder is what it reads)
 
 __all__ = [
@@ -128,7 +128,7 @@ def attend_run(
         picked = select_images(run, images, top, bottom)
         for image_id, _ in picked:
             if not run.image_paths[image_id].is_file():
-                raise BenchError(f"{run.path / 'split.json'}: image file {run.image_paths[image_id]} of image id {image_id!r} not found")
+                raise BenchError(f"{Folder(run.path).member(SPLIT)}: image file {run.image_paths[image_id]} of image id {image_id!r} not found")
         gen = generation_config(run)
         out_dir = Path(out) if out is not None else Folder(run.path).member("attend")
         if console is not None:

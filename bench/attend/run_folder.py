@@ -113,7 +113,7 @@ def select_images(
             raise BenchError("--images: no image id given")
         for image_id in ids:
             if image_id not in run.image_paths:
-                raise BenchError(f"--images: image id {image_id!r} is not in {run.path / 'split.json'}")
+                raise BenchError(f"--images: image id {image_id!r} is not in {Folder(run.path).member(SPLIT)}")
         scores = _scores_if_any(run.path)
         picked = [(i, scores.get(i)) for i in ids]
     else:
