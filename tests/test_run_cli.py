@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench.io import read_records
+from bench.run.folder import SCHEMA_VERSION
 from bench.scoring.metrics import metric_keys
 from conftest import REPO, build_once, shared_tmp, tiny_setting_text
 
@@ -112,6 +113,7 @@ def test_run_trains_captions_and_scores_both_lora_backends(main_run: dict) -> No
     for backend in ("vit-gpt2", "clip-flan-t5"):
         run = main_run["runs"] / backend
         config = json.loads((run / "config.json").read_text())
+        assert config.pop("schema_version") == SCHEMA_VERSION  # the file's, not part of the config
         assert (config["backend"], config["kind"], config["lora"]["r"]) == (backend, "lora", 8)
         assert config["data"] == {"dataset": "flickr8k-1k", "limit": LIMIT}
         split = json.loads((run / "split.json").read_text())
