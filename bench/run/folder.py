@@ -11,9 +11,10 @@ attend`, tracking and the tests all go through `RunFolder`).
     tokens.json        derived: `bench compare`'s PTB tokens of the run (a cache, rebuilt at will)
     train/ attend/ tracking/   adapter + loss.csv, `bench attend` maps, --log-with files
 
-The records (dataclasses, checked parsing) are bench.run.records. Every JSON object this module writes carries `schema_version`; `migrate()` brings an object read
-from an older folder (no `schema_version`: version 0, bench 0.1.0) to the current schema, so the
-rest of the code sees one shape. Reading never rewrites a folder (it may be read-only).
+The records (dataclasses, checked parsing) are in bench.run.records. Every JSON object this
+module writes carries `schema_version`; `migrate()` brings an object read from an older folder
+(no `schema_version`: version 0, bench 0.1.0) to the current schema, so the rest of the code
+sees one shape. Reading never rewrites a folder (it may be read-only).
 """
 
 from __future__ import annotations
