@@ -33,7 +33,7 @@ def load_flickr8k() -> tuple[dict[str, str], dict[str, list[str]]]:
 
 
 def time_bench(preds: dict[str, str], refs: dict[str, list[str]]) -> tuple[float, dict[str, float]]:
-    from bench.scoring import Scorer
+    from bench.scoring.scorer import Scorer
 
     start = time.perf_counter()
     with Scorer(metrics=TEXT_METRICS) as scorer:

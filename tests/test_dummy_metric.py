@@ -57,7 +57,7 @@ def test_a_setting_may_name_it(with_dummy: None, tmp_path: Path) -> None:
 def test_scored_recorded_and_reported(with_dummy: None, tmp_path: Path, shared_data: Path) -> None:
     from bench.report import build_report
     from bench.run.folder import MetricsRecord, RunFolder
-    from bench.scoring import Scorer
+    from bench.scoring.scorer import Scorer
     from bench.testing.run_folders import flickr8k_samples, write_run
 
     samples = flickr8k_samples(shared_data, 12)

@@ -126,7 +126,7 @@ def test_published_report_intervals_contain_their_values(scored, bench_env):
     from bench.data.types import RefEntry
     from bench.report import build_report
     from bench.run import record_external_run
-    from bench.scoring import Scorer
+    from bench.scoring.scorer import Scorer
 
     with Scorer(metrics=("bleu", "meteor", "rouge", "cider")) as scorer:
         for system in ("magic", "zerocap"):

@@ -262,7 +262,8 @@ def score(
 ) -> None:
     """Score PREDICTIONS against --refs with BLEU-1..4, METEOR, ROUGE-L, CIDEr (as pycocoevalcap)
     and CLIPScore / RefCLIPScore (as Hessel et al. 2021)."""
-    from bench.scoring import Scorer, parse_metrics
+    from bench.scoring import parse_metrics
+    from bench.scoring.scorer import Scorer
 
     err = Console(stderr=True, soft_wrap=True)  # one message, one line
     metric_names = parse_metrics(metrics)
