@@ -72,13 +72,13 @@ def _numel(shape: list[int]) -> int:
 def _caption(name: str, folder: Path, samples: list[Any], out: Path) -> dict[str, Any]:
     import torch
 
-    from bench.backends import get_backend
+    from bench.backends import backend_class
     from bench.captioning import caption_samples
     from bench.config import GenerationConfig, ModelConfig
     from bench.prompts import load_prompt
 
     prompt = load_prompt("brief") if name == "llava" else None
-    captioner = get_backend(name).load(ModelConfig(model=str(folder)), torch.device("cpu"), prompt=prompt)
+    captioner = backend_class(name).load(ModelConfig(model=str(folder)), torch.device("cpu"), prompt=prompt)
     gen = GenerationConfig(batch_size=BATCH).for_kind(zero_shot=name == "llava")
     stats = caption_samples(captioner, samples, gen, out / "predictions.jsonl", num_workers=0, progress=False)
     return {"images": stats.n_captioned, "seconds": round(stats.wall_s, 2), "new_tokens": gen.max_new_tokens,

@@ -59,9 +59,9 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tiny_backend(root: Path, backend: str) -> Path:
-    from bench.backends import get_backend
+    from bench.tiny.builders import build_tiny
 
-    return build_once(root / backend, lambda out: get_backend(backend).build_tiny(out, TINY_SEED))
+    return build_once(root / backend, lambda out: build_tiny(backend, out, TINY_SEED))
 
 
 @pytest.fixture(scope="session")

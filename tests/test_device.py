@@ -153,10 +153,10 @@ def test_4bit_llava_computes_in_the_native_half_precision(monkeypatch: pytest.Mo
 
 @pytest.fixture(scope="module")
 def vit_gpt2(tiny_vit_gpt2: Path):
-    from bench.backends import get_backend
+    from bench.backends import backend_class
 
     torch.set_num_threads(1)
-    return get_backend("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), CPU)
+    return backend_class("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), CPU)
 
 
 @pytest.fixture(scope="module")

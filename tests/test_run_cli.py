@@ -205,8 +205,8 @@ def test_list_shows_runs_with_status(main_run: dict) -> None:
 HELD_GENERATE = """
 import os, sys, time
 from pathlib import Path
-from bench.backends import get_backend
-cls = get_backend("vit-gpt2")
+from bench.backends import backend_class
+cls = backend_class("vit-gpt2")
 original = cls.generate
 calls = []
 def held(self, batch, gen):

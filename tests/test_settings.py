@@ -11,7 +11,6 @@ import pytest
 
 from bench.errors import BenchError
 from bench.settings import (
-    backend_catalog,
     list_settings,
     load_setting,
     prompt_setting,
@@ -82,18 +81,6 @@ def test_group_is_just_a_field(home: Path) -> None:
     assert [s.name for s in settings_in_group("demo")] == ["a", "b"]
     with pytest.raises(BenchError, match="no setting has group = 'nope'"):
         settings_in_group("nope")
-
-
-def test_backend_catalog_matches_the_registry() -> None:
-    from bench.backends import available_backends, get_backend
-
-    catalog = backend_catalog()
-    assert sorted(catalog) == available_backends()
-    for name, info in catalog.items():
-        cls = get_backend(name)
-        assert info.supports_lora == cls.supports_lora
-        assert info.supports_vlm_lora == getattr(cls, "supports_vlm_lora", False)
-        assert info.default_model == cls.default_model
 
 
 # --- extends and merge ---------------------------------------------------------------------------

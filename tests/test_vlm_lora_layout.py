@@ -252,11 +252,11 @@ def shrunk_llava(tmp_path_factory) -> Path:
 
 
 def test_shrunk_real_llava_trains_only_lora_and_its_loss_is_the_caption_cross_entropy(shrunk_llava, brief, images) -> None:
-    from bench.backends import get_backend
+    from bench.backends import backend_class
     from bench.config import LoraConfig, ModelConfig
 
     torch.set_num_threads(1)
-    captioner = get_backend("llava").load(ModelConfig(model=str(shrunk_llava)), torch.device("cpu"), prompt=brief)
+    captioner = backend_class("llava").load(ModelConfig(model=str(shrunk_llava)), torch.device("cpu"), prompt=brief)
     captioner.add_lora(LoraConfig(r=2, alpha=4, dropout=0.0, targets=("attn", "projector")))
     trainable = [n for n, p in captioner.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)

@@ -312,8 +312,6 @@ class PixelLoraCaptioner(Captioner):
     """What the two LoRA backends share: an image processor feeding `pixel_values` to a
     seq2seq-style model, a tokenizer, and a LoRA adapter added by `add_lora`."""
 
-    supports_lora: ClassVar[bool] = True
-
     def __init__(self, model_cfg: ModelConfig, device: torch.device, model: Any, tokenizer: Any, processor: Any) -> None:
         super().__init__(model_cfg, device)
         self.model = model

@@ -1,8 +1,8 @@
-"""The captioner interface and the backend registry.
+"""The captioner interface every backend implements.
 
-A backend is one module in this package that defines one `Captioner` subclass decorated with
-`@register_backend("name")`; `bench.backends` imports every module here, so adding a backend is
-adding one file.
+A backend is one module in this package that defines one `Captioner` subclass plus its row in
+`bench.backends.table` (name, class, defaults: what planning reads without torch). Test-only
+builders (tiny random models) live beside the demo and tests that use them, not here.
 
 Life of a backend in a run: `load()` the model (hub id or local dir), optionally `add_lora()` and
 train through `bench.training` using `train_collate` + `loss`, then caption: a DataLoader whose
@@ -12,8 +12,6 @@ workers run `caption_collate` (image decoding and the processor, in parallel wit
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,15 +42,8 @@ class AttentionTrace:
 
 
 class Captioner(ABC):
+    # The backend's row in bench.backends.table, which holds its defaults and capabilities.
     name: ClassVar[str]
-    supports_lora: ClassVar[bool] = False
-    # A zero-shot VLM that a prompt setting with its own [lora] table LoRA-trains first
-    # (bench.backends._vlm_lora provides the training methods).
-    supports_vlm_lora: ClassVar[bool] = False
-    # The default model (hub id) used when a setting names none.
-    default_model: ClassVar[str]
-    # generation.max_new_tokens when a setting leaves it unset (zero-shot VLMs say more than captioners).
-    default_max_new_tokens: ClassVar[int] = 30
 
     def __init__(self, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> None:
         self.model_cfg = model_cfg
@@ -65,13 +56,12 @@ class Captioner(ABC):
     # --- loading ---------------------------------------------------------------------------
     @classmethod
     @abstractmethod
-    def load(cls, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> "Captioner":
-        """Load weights from a hub id or local directory (safetensors, no remote code)."""
-
-    @staticmethod
-    @abstractmethod
-    def build_tiny(out_dir: Path, seed: int = 0) -> Path:
-        """Write a tiny random model of this architecture (with a local tokenizer) to out_dir."""
+    def load(
+        cls, model_cfg: ModelConfig, device: torch.device, prompt: Any = None, *, for_lora: bool = False,
+    ) -> "Captioner":
+        """The captioner, ready to caption: weights from a hub id or local directory (safetensors,
+        no remote code). `prompt` (a prompt name or template) is for prompted backends;
+        `for_lora`: the model is about to be LoRA-trained (a VLM LoRA run)."""
 
     # --- captioning --------------------------------------------------------------------------
     @abstractmethod
@@ -128,37 +118,3 @@ def hit_token_limit(new_tokens: torch.Tensor, end_ids: Sequence[int], max_new_to
         return [False] * rows
     ends = torch.isin(new_tokens, torch.tensor(sorted(set(int(i) for i in end_ids)), device=new_tokens.device))
     return [not bool(row_ends) for row_ends in ends.any(dim=1).tolist()]
-
-
-_REGISTRY: dict[str, type[Captioner]] = {}
-
-
-def register_backend(name: str) -> Callable[[type[Captioner]], type[Captioner]]:
-    def deco(cls: type[Captioner]) -> type[Captioner]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise RuntimeError(f"backend {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def _import_all() -> None:
-    package = importlib.import_module("bench.backends")
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("base",) and not info.name.startswith("_"):
-            importlib.import_module(f"bench.backends.{info.name}")
-
-
-def get_backend(name: str) -> type[Captioner]:
-    _import_all()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise BenchError(f"unknown backend {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
-
-
-def available_backends() -> list[str]:
-    _import_all()
-    return sorted(_REGISTRY)

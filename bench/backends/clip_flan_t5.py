@@ -38,7 +38,8 @@ from bench.backends._lora import (
     write_dir_atomically,
 )
 from bench.model_source import CLIP_TEXT_HALF, error_line, image_processor_loader, load_files, load_model
-from bench.backends.base import AttentionTrace, Batch, register_backend
+from bench.backends.base import AttentionTrace, Batch
+from bench.backends.table import backend_spec
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.errors import BenchError
 
@@ -110,21 +111,21 @@ def model_sources(model_cfg: ModelConfig, default_t5: str) -> tuple[str, str]:
     return t5, vision or DEFAULT_VISION
 
 
-@register_backend("clip-flan-t5")
 class ClipFlanT5Captioner(PixelLoraCaptioner):
-    supports_lora: ClassVar[bool] = True  # read without importing torch by bench.settings
-    default_model: ClassVar[str] = "google/flan-t5-base"
+    name: ClassVar[str] = "clip-flan-t5"  # its row in bench.backends.table holds the defaults
 
     # --- loading -------------------------------------------------------------------------------
     @classmethod
-    def load(cls, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> "ClipFlanT5Captioner":
+    def load(
+        cls, model_cfg: ModelConfig, device: torch.device, prompt: Any = None, *, for_lora: bool = False,
+    ) -> "ClipFlanT5Captioner":
         from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionModel
         from transformers import GenerationConfig as HFGenerationConfig
         from transformers import T5ForConditionalGeneration
 
         if model_cfg.quantization != "none":
             raise BenchError(f"model quantization {model_cfg.quantization!r}: backend 'clip-flan-t5' loads full precision only")
-        t5_id, vision_id = model_sources(model_cfg, cls.default_model)
+        t5_id, vision_id = model_sources(model_cfg, backend_spec(cls.name).default_model)
         t5_field, vision_field = "models.clip-flan-t5.model", "models.clip-flan-t5.options.vision_model"
         t5 = load_model(T5ForConditionalGeneration, t5_id, "clip-flan-t5 T5 model", t5_field)
         tokenizer = load_files(AutoTokenizer.from_pretrained, t5_id, "clip-flan-t5 T5 tokenizer", t5_field)
@@ -148,13 +149,6 @@ class ClipFlanT5Captioner(PixelLoraCaptioner):
         model = ClipT5(vision, t5)  # the projection stays trainable
         model.to(device).eval()
         return cls(model_cfg, device, model, tokenizer, processor)
-
-    @staticmethod
-    def build_tiny(out_dir: Path, seed: int = 0) -> Path:
-        """Writes `out_dir/t5` and `out_dir/vision`; returns out_dir (usable as `model` alone)."""
-        from bench.tiny.clip_flan_t5 import build_tiny_clip_flan_t5
-
-        return build_tiny_clip_flan_t5(Path(out_dir), seed)
 
     # --- captioning ----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -29,7 +29,8 @@ from bench.backends._lora import (
     write_dir_atomically,
 )
 from bench.model_source import image_processor_loader, load_files, load_model
-from bench.backends.base import AttentionTrace, Batch, register_backend
+from bench.backends.base import AttentionTrace, Batch
+from bench.backends.table import backend_spec
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.errors import BenchError
 
@@ -43,14 +44,14 @@ PRESETS: dict[str, tuple[str, ...]] = {
 MAX_LABEL_TOKENS = 128
 
 
-@register_backend("vit-gpt2")
 class VitGpt2Captioner(PixelLoraCaptioner):
-    supports_lora: ClassVar[bool] = True  # read without importing torch by bench.settings
-    default_model: ClassVar[str] = "nlpconnect/vit-gpt2-image-captioning"
+    name: ClassVar[str] = "vit-gpt2"  # its row in bench.backends.table holds the defaults
 
     # --- loading -------------------------------------------------------------------------------
     @classmethod
-    def load(cls, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> "VitGpt2Captioner":
+    def load(
+        cls, model_cfg: ModelConfig, device: torch.device, prompt: Any = None, *, for_lora: bool = False,
+    ) -> "VitGpt2Captioner":
         from transformers import AutoTokenizer, GenerationConfig as HFGenerationConfig
         from transformers import ViTImageProcessorPil, VisionEncoderDecoderModel
 
@@ -58,7 +59,7 @@ class VitGpt2Captioner(PixelLoraCaptioner):
             raise BenchError(f"model quantization {model_cfg.quantization!r}: backend 'vit-gpt2' loads full precision only")
         if model_cfg.options:
             raise BenchError(f"model options: backend 'vit-gpt2' takes none, got {', '.join(map(repr, model_cfg.options))}")
-        model_id = model_cfg.model or cls.default_model
+        model_id = model_cfg.model or backend_spec(cls.name).default_model
         field = "models.vit-gpt2.model"
         model = load_model(VisionEncoderDecoderModel, model_id, "vit-gpt2 model", field)
         tokenizer = load_files(AutoTokenizer.from_pretrained, model_id, "vit-gpt2 tokenizer", field)
@@ -81,12 +82,6 @@ class VitGpt2Captioner(PixelLoraCaptioner):
         model.requires_grad_(False)  # frozen until add_lora; the encoder stays frozen for good
         model.to(device).eval()
         return cls(model_cfg, device, model, tokenizer, processor)
-
-    @staticmethod
-    def build_tiny(out_dir: Path, seed: int = 0) -> Path:
-        from bench.tiny.vit_gpt2 import build_tiny_vit_gpt2
-
-        return build_tiny_vit_gpt2(Path(out_dir), seed)
 
     # --- captioning ----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -27,7 +27,7 @@ import torch
 from bench.backends._caption_text import postprocess_caption
 from bench.backends._families import Family, family_for, image_mode
 from bench.backends._quant import pick_dtype, quantization_config
-from bench.backends.base import Batch, Captioner, register_backend
+from bench.backends.base import Batch, Captioner
 from bench.config import GenerationConfig, ModelConfig
 from bench.errors import BenchError
 from bench.model_source import image_processor_loader, load_files, load_model
@@ -176,13 +176,10 @@ class RowEnd:
     ended_with_eos: bool
 
 
-@register_backend("vlm")
 class VlmCaptioner(Captioner):
-    # No default: a `vlm` setting names its model (`bench run --prompt P --model ID_OR_DIR`).
-    default_model = None
-    supports_lora = False
-    default_max_new_tokens = 64
-    default_options: ClassVar[dict[str, object]] = {"image_mode": "auto"}
+    # No default model (bench.backends.table): a `vlm` setting names its model
+    # (`bench run --prompt P --model ID_OR_DIR`).
+    name: ClassVar[str] = "vlm"
 
     model: Any
     processor: Any
@@ -196,7 +193,7 @@ class VlmCaptioner(Captioner):
     @classmethod
     def load(
         cls, model_cfg: ModelConfig, device: torch.device, prompt: str | PromptTemplate | None = None,
-        for_lora: bool = False,
+        *, for_lora: bool = False,
     ) -> "VlmCaptioner":
         """`for_lora` (a VLM LoRA run) changes nothing here: 4-/8-bit loading already keeps the
         vision tower, projector and lm_head in full precision (the family's quant_skip_modules),
@@ -239,13 +236,6 @@ class VlmCaptioner(Captioner):
             model = model.to(device)
         model.generation_config = token_ids_only(model.generation_config)
         return model.eval()
-
-    @staticmethod
-    def build_tiny(out_dir: Path, seed: int = 0) -> Path:
-        """The tiny LLaVA-1.5; the other families: `bench.tiny.vlm.build_tiny_vlm(family, ...)`."""
-        from bench.tiny.vlm import build_tiny_vlm
-
-        return build_tiny_vlm("llava", Path(out_dir), seed)
 
     def torch_module(self) -> torch.nn.Module:
         return self.model

@@ -14,10 +14,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from bench.config import DEFAULT_CLIP_MODEL
 from bench.errors import BenchError
 
 DEFAULT_METRICS = "bleu,meteor,rouge,cider,clipscore"
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 
 
 def _examples(ids: list[str], n: int = 3) -> str:
@@ -249,7 +249,7 @@ def score(
     predictions: PredictionsArg,
     refs: RefsOption,
     images: ImagesOption = None,
-    clip_model: ClipModelOption = DEFAULT_CLIP,
+    clip_model: ClipModelOption = DEFAULT_CLIP_MODEL,
     metrics: MetricsOption = DEFAULT_METRICS,
     as_json: JsonOption = False,
     per_image: PerImageOption = None,

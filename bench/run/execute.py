@@ -93,7 +93,7 @@ def load_and_train(run: RunContext) -> Any:
     """The backend's captioner; for LoRA backends with its adapter trained (resumed if killed)."""
     import torch
 
-    from bench.backends import get_backend
+    from bench.backends import backend_class
 
     plan, setting = run.plan, run.plan.setting
     model_cfg = setting.models[plan.backend]
@@ -102,8 +102,7 @@ def load_and_train(run: RunContext) -> Any:
     torch.manual_seed(setting.seed)  # LoRA init is random: seed it so a run is reproducible
     with blame(setting.source):
         # A VLM about to be LoRA-trained loads for it (QLoRA keeps its vision tower unquantized).
-        for_lora = {"for_lora": True} if setting.vlm_lora else {}
-        captioner = get_backend(plan.backend).load(model_cfg, run.device, prompt=plan.prompt, **for_lora)
+        captioner = backend_class(plan.backend).load(model_cfg, run.device, prompt=plan.prompt, for_lora=setting.vlm_lora)
         if plan.kind == "lora":
             captioner.add_lora(setting.lora)
     # Model loading (imports included) summed over sessions: `make bench` breaks the run down by it.

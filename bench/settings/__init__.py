@@ -6,12 +6,12 @@ strictly against the dataclasses in `bench.config`: an unknown key (with the clo
 suggested), a wrong type or an impossible value is a `BenchError` naming the file that set the
 key, e.g. ``settings/x.toml: lora.r must be >= 1 (got 0)``.
 
-The work is split by step: `catalog` (backends, read without importing torch), `schema` (keys
-and types of one file), `chain` (the extends chain and the deep merge), `checks` (checks across
-keys). This module builds the `Setting` and holds the public entry points.
+The work is split by step: `schema` (keys and types of one file), `chain` (the extends chain and
+the deep merge), `checks` (checks across keys). This module builds the `Setting` and holds the
+public entry points.
 
-Nothing here imports torch: backend names and kinds are read from the backend modules' source
-(see `backend_catalog`) so that a cached `bench run` answers in well under 2 s.
+Nothing here imports torch: backend names and kinds are rows of `bench.backends.table`, so that
+a cached `bench run` answers in well under 2 s.
 """
 
 from __future__ import annotations
@@ -24,15 +24,7 @@ from bench import paths
 from bench.config import ModelConfig, Setting
 from bench.errors import BenchError
 from bench.sweep import check_sweep, model_slug
-from bench.settings.catalog import (
-    PREFERRED_ORDER,
-    BackendInfo,
-    backend_catalog,
-    is_lora_backend,
-    lora_backends,
-    ordered_backends,
-    zero_shot_backends,
-)
+from bench.backends.table import backend_table
 from bench.settings.chain import find_setting_file, merge_chain, read_chain
 from bench.settings.checks import blame, check_prompt, prompt_names, range_checks, semantic_checks, vlm_lora_requested
 from bench.settings.schema import (
@@ -49,34 +41,14 @@ from bench.settings.schema import (
 )
 
 __all__ = [
-    "BASE_NAME",
-    "KNOWN_METRICS",
-    "LORA_ONLY_SECTIONS",
-    "PREFERRED_ORDER",
-    "SCALARS",
-    "SECTIONS",
-    "TOP_KEYS",
-    "BackendInfo",
-    "Provenance",
-    "backend_catalog",
-    "file_label",
-    "find_setting_file",
-    "is_lora_backend",
-    "list_settings",
-    "load_setting",
-    "lora_backends",
-    "ordered_backends",
-    "prompt_setting",
-    "setting_files",
-    "settings_in_group",
-    "expanded",
-    "zero_shot_backends",
+    "expanded", "file_label", "find_setting_file", "list_settings", "load_setting", "prompt_setting",
+    "setting_files", "settings_in_group",
 ]
 
 
 def _build(merged: dict[str, Any], prov: Provenance, name: str, label: str, order: list[str]) -> Setting:
     backends = semantic_checks(merged, prov, label)
-    catalog = backend_catalog()
+    catalog = backend_table()
     models: dict[str, ModelConfig] = {}
     for backend, table in merged.get("models", {}).items():
         sweep = tuple(table.get("models", ()))
@@ -175,5 +147,5 @@ def expanded(settings: list[Setting]) -> list[Setting]:
     """Each setting, a sweep replaced by its one-run settings (bench.sweep)."""
     from bench.sweep import expand_setting
 
-    lora = {name: info.supports_lora for name, info in backend_catalog().items()}
+    lora = {name: info.supports_lora for name, info in backend_table().items()}
     return [one for s in settings for one in expand_setting(s, lora)]
