@@ -257,9 +257,9 @@ def test_batched_equals_batch_size_one(captioner, samples, gen):
 def test_left_padded_generation_equals_unpadded(captioner, samples):
     """Two prompts of different lengths in one batch: padding really happens, on the left, and
     each row still generates what it generates alone (fails with right padding)."""
-    from bench.backends.llava import _load_image
+    from bench.data import load_image
 
-    images = [_load_image(s.path) for s in samples[:2]]
+    images = [load_image(s.path) for s in samples[:2]]
     texts = [
         "USER: <image>\nDescribe it. ASSISTANT:",
         "USER: <image>\nIn one sentence, describe the key objects in the image and their state. ASSISTANT:",

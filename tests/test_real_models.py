@@ -115,7 +115,7 @@ def test_hub_generation_defaults_never_override_the_settings_decoding(vit_gpt2, 
 
 
 def _kwargs(gen: GenerationConfig) -> dict:
-    from bench.backends._lora import generation_kwargs
+    from bench.models.decoding import generation_kwargs
 
     return generation_kwargs(gen)
 

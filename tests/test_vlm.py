@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.backends import backend_class
-from bench.backends._families import FAMILIES
+from bench.models.vlm_families import FAMILIES
 from bench.config import GenerationConfig, ModelConfig
 from bench.data.types import Sample
 from bench.errors import BenchError
@@ -174,7 +174,7 @@ def test_quantization_skips_vision_projector_and_lm_head(captioners, family):
 
 @pytest.mark.parametrize("quantization, flag", [("4bit", "load_in_4bit"), ("8bit", "load_in_8bit")])
 def test_quantization_config_for_cuda_without_loading(quantization, flag):
-    from bench.backends._quant import quantization_config
+    from bench.models.quantization import quantization_config
 
     fake_bnb = mock.MagicMock()
     with mock.patch("torch.cuda.is_available", return_value=True), \

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.backends._vlm_lora import (
+from bench.models.vlm_lora import (
     FULL_PRECISION_PARTS,
     IGNORE,
     MAX_CAPTION_TOKENS,
@@ -205,7 +205,7 @@ def test_lora_load_keeps_the_vlm_parts_full_precision(monkeypatch) -> None:
     """The llava backend's 4-bit load, zero-shot and for LoRA alike, hands from_pretrained a
     skip list that leaves the vision tower, projector and lm_head unquantized (QLoRA's layout)."""
     import bench.backends.vlm as vlm
-    from bench.backends._families import family_for
+    from bench.models.vlm_families import family_for
     from bench.config import ModelConfig
 
     pytest.importorskip("bitsandbytes")

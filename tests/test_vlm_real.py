@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from bench.backends import backend_class
-from bench.backends._caption_text import postprocess_caption
+from bench.models.caption_text import postprocess_caption
 from bench.backends.vlm import VlmCollate, encode, render_prompt
 from bench.config import GenerationConfig, ModelConfig
 from bench.data.types import Sample

@@ -22,6 +22,9 @@ import torch
 
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.errors import BenchError
+from bench.models.adapters import AdapterMixin
+from bench.models.collate import PixelCaptionCollate
+from bench.models.decoding import clean_captions, generation_kwargs
 
 Batch = dict[str, Any]
 
@@ -118,3 +121,29 @@ def hit_token_limit(new_tokens: torch.Tensor, end_ids: Sequence[int], max_new_to
         return [False] * rows
     ends = torch.isin(new_tokens, torch.tensor(sorted(set(int(i) for i in end_ids)), device=new_tokens.device))
     return [not bool(row_ends) for row_ends in ends.any(dim=1).tolist()]
+
+
+class PixelLoraCaptioner(AdapterMixin, Captioner):
+    """What the two LoRA backends share: an image processor feeding `pixel_values` to a
+    seq2seq-style model, a tokenizer, and a LoRA adapter added by `add_lora` (saved and loaded by
+    `AdapterMixin`)."""
+
+    def __init__(self, model_cfg: ModelConfig, device: torch.device, model: Any, tokenizer: Any, processor: Any) -> None:
+        super().__init__(model_cfg, device)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.peft_model: Any | None = None
+        self.lora_config: LoraConfig | None = None
+
+    def caption_collate(self) -> PixelCaptionCollate:
+        return PixelCaptionCollate(self.processor)
+
+    def decode_generated(self, ids: torch.Tensor, gen: GenerationConfig) -> list[str]:
+        """Captions of generated decoder ids (the start token first); flags `last_truncated`."""
+        limit = generation_kwargs(gen)["max_new_tokens"]
+        self.last_truncated = hit_token_limit(ids[:, 1:], [int(self.tokenizer.eos_token_id)], limit)
+        return clean_captions(self.tokenizer, ids)
+
+    def torch_module(self) -> torch.nn.Module:
+        return self.model

@@ -24,20 +24,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bench.backends._lora import (
-    PixelLoraCaptioner,
-    PixelTrainCollate,
-    add_peft,
-    check_adapter_dir,
-    generation_kwargs,
-    load_peft_adapter,
-    peft_lora_config,
-    resolve_targets,
-    save_peft_adapter,
-    to_device,
-    write_dir_atomically,
-)
-from bench.model_source import CLIP_TEXT_HALF, error_line, image_processor_loader, load_files, load_model
+from bench.backends.base import PixelLoraCaptioner
+from bench.models.collate import PixelTrainCollate, to_device
+from bench.models.decoding import generation_kwargs
+from bench.models.lora_targets import add_peft, peft_lora_config, resolve_targets
+from bench.model_source import CLIP_TEXT_HALF, image_processor_loader, load_files, load_model
 from bench.backends.base import AttentionTrace, Batch
 from bench.backends.table import backend_spec
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
@@ -166,7 +157,7 @@ class ClipFlanT5Captioner(PixelLoraCaptioner):
         row-major order), so encoder position 1 + k is patch k. CLS is dropped and each row
         renormalised over the patches. `batch["captions"]` (optional): trace those texts.
         """
-        from bench.backends._attention import (
+        from bench.models.attention import (
             captions_of, choose_tokens, cut_at_eos, eager_attention, one_line, trace_forward, trace_of,
         )
 
@@ -228,29 +219,9 @@ class ClipFlanT5Captioner(PixelLoraCaptioner):
         self.peft_model = add_peft(self.model.t5, peft_lora_config(lora, regex))
         self.lora_config = lora
 
-    def save_adapter(self, out_dir: Path) -> None:
-        from safetensors.torch import save_file
+    # --- the adapter folder (bench.models.adapters) ---------------------------------------------
+    def lora_base(self) -> torch.nn.Module:
+        return self.model.t5  # LoRA adapts the decoder; the projection is trained in full
 
-        if self.peft_model is None:
-            raise BenchError(f"{out_dir}: no LoRA adapter to save (add_lora first)")
-
-        def write(tmp: Path) -> None:
-            save_peft_adapter(self.peft_model, tmp, self.name)
-            state = {k: v.detach().cpu().contiguous() for k, v in self.model.projection.state_dict().items()}
-            save_file(state, str(tmp / PROJECTION_FILE))
-
-        write_dir_atomically(Path(out_dir), write)
-
-    def load_adapter(self, adapter_dir: Path) -> None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        adapter_dir = Path(adapter_dir)
-        check_adapter_dir(adapter_dir, self.name, extra_files=(PROJECTION_FILE,))
-        try:
-            state = load_file(str(adapter_dir / PROJECTION_FILE), device="cpu")
-            self.model.projection.load_state_dict(state, strict=True)
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise BenchError(f"{adapter_dir / PROJECTION_FILE}: does not fit this model's projection ({error_line(exc)})") from exc
-        self.peft_model = load_peft_adapter(self.model.t5, self.peft_model, adapter_dir)
-        self.model.to(self.device)
+    def adapter_extras(self) -> dict[str, torch.nn.Module]:
+        return {PROJECTION_FILE: self.model.projection}

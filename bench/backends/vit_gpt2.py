@@ -10,24 +10,14 @@ The ViT encoder is always frozen.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from bench.backends._lora import (
-    PixelLoraCaptioner,
-    PixelTrainCollate,
-    add_peft,
-    check_adapter_dir,
-    generation_kwargs,
-    load_peft_adapter,
-    peft_lora_config,
-    resolve_targets,
-    save_peft_adapter,
-    to_device,
-    write_dir_atomically,
-)
+from bench.backends.base import PixelLoraCaptioner
+from bench.models.collate import PixelTrainCollate, to_device
+from bench.models.decoding import generation_kwargs
+from bench.models.lora_targets import add_peft, peft_lora_config, resolve_targets
 from bench.model_source import image_processor_loader, load_files, load_model
 from bench.backends.base import AttentionTrace, Batch
 from bench.backends.table import backend_spec
@@ -99,7 +89,7 @@ class VitGpt2Captioner(PixelLoraCaptioner):
         `batch["captions"]` (optional) are the run's captions: the traces are for those texts.
         The ViT's CLS position is dropped and each row renormalised over the patches.
         """
-        from bench.backends._attention import (
+        from bench.models.attention import (
             captions_of, choose_tokens, cut_at_eos, eager_attention, one_line, trace_of,
             trace_forward,
         )
@@ -159,15 +149,6 @@ class VitGpt2Captioner(PixelLoraCaptioner):
         self.peft_model = add_peft(self.model, peft_lora_config(lora, regex, fan_in_fan_out=True))
         self.lora_config = lora
 
-    def save_adapter(self, out_dir: Path) -> None:
-        if self.peft_model is None:
-            raise BenchError(f"{out_dir}: no LoRA adapter to save (add_lora first)")
-        write_dir_atomically(Path(out_dir), lambda tmp: save_peft_adapter(self.peft_model, tmp, self.name))
-
-    def load_adapter(self, adapter_dir: Path) -> None:
-        check_adapter_dir(Path(adapter_dir), self.name)
-        self.peft_model = load_peft_adapter(self.model, self.peft_model, Path(adapter_dir))
-        self.model.to(self.device)
 
 
 def _token_id(config: Any, name: str) -> int | None:

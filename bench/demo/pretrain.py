@@ -80,7 +80,7 @@ def _pairs(samples: Sequence[Any]) -> list[tuple[int, str]]:
 
 
 def _pretrain_vit_gpt2(captioner: Any, source: Sequence[Any], profile: Profile, console: Any, progress: bool) -> list[float]:
-    from bench.backends._lora import labels_from
+    from bench.models.collate import labels_from
 
     pixels = pixels_of(captioner.processor, source)
     pairs = _pairs(source)
@@ -106,7 +106,7 @@ def _pretrain_clip_flan_t5(captioner: Any, source: Sequence[Any], profile: Profi
     initialisation, which is what every later load starts from (it is trained with the LoRA)."""
     import torch
 
-    from bench.backends._lora import labels_from
+    from bench.models.collate import labels_from
 
     pixels = pixels_of(captioner.processor, source)
     pairs = _pairs(source)

@@ -16,7 +16,6 @@ from typing import Any
 
 from bench import paths
 from bench.device import resolve_device  # re-exported: bench.run's public surface
-from bench.errors import BenchError
 
 VERSIONED_PACKAGES: tuple[str, ...] = (
     "torch", "transformers", "peft", "accelerate", "bitsandbytes", "pycocoevalcap", "safetensors", "tokenizers",

@@ -29,11 +29,9 @@ from bench.settings.chain import find_setting_file, merge_chain, read_chain
 from bench.settings.checks import blame, check_prompt, prompt_names, range_checks, semantic_checks, vlm_lora_requested
 from bench.settings.schema import (
     BASE_NAME,
-    KNOWN_METRICS,
     LORA_ONLY_SECTIONS,
     SCALARS,
     SECTIONS,
-    TOP_KEYS,
     Provenance,
     file_error,
     file_label,
