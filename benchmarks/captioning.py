@@ -63,7 +63,7 @@ def flickr_samples(n: int) -> list[Any]:
 
 def tiny_model(backend: str) -> Path:
     from bench.paths import cache_dir
-    from bench.tiny.builders import build_tiny
+    from bench.testing.tiny import build_tiny
 
     out = cache_dir() / "benchmarks" / f"tiny-{backend}"
     if not (out / ".built").exists():

@@ -200,7 +200,7 @@ def write_setting(work: Path, model_dir: Path) -> Path:
 def tiny_model(backend: str) -> Path:
     """The backend's tiny random model, built once under the cache folder."""
     from bench.paths import cache_dir
-    from bench.tiny.builders import build_tiny
+    from bench.testing.tiny import build_tiny
 
     out = cache_dir() / "benchmarks" / f"tiny-{backend}"
     if not (out / ".built").exists():

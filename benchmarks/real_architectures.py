@@ -1,7 +1,7 @@
 """Real architectures on CPU: images/s and peak memory of each default model's architecture at
 FULL width, so a user can relate their machine to ours.
 
-Every model is built by `bench.tiny.real` from its real hub files in ../shared/models (real
+Every model is built by `bench.testing.real_models` from its real hub files in ../shared/models (real
 config, tokenizer and processor; seeded random weights, nothing downloaded), saved, then loaded
 and run through bench's own code in a fresh subprocess, so its peak memory is its own:
 - vit-gpt2      nlpconnect/vit-gpt2-image-captioning, full (ViT-B/16 + GPT-2 124M);
@@ -44,12 +44,12 @@ HUB_IDS = {
 
 
 def _build(name: str, out: Path) -> Path:
-    from bench.tiny.real import build_real_clip_flan_t5, build_real_model, real_model_dir
+    from bench.testing.real_models import build_real_clip_flan_t5, build_real_model, real_model_dir
 
     if name == "clip-flan-t5":
-        return build_real_clip_flan_t5(out, shrink=None)
+        return build_real_clip_flan_t5(out, shrink=False)
     depth = {"text_config": LLAVA_TEXT_LAYERS} if name == "llava" else None
-    return build_real_model(real_model_dir(HUB_IDS[name]), out, shrink=None, depth=depth)
+    return build_real_model(real_model_dir(HUB_IDS[name]), out, shrink=False, depth=depth)
 
 
 def _parameters(folder: Path) -> int:

@@ -1,5 +1,5 @@
 """The default models from their REAL hub files (../shared/models: config, tokenizer, processor,
-generation config; seeded random weights, widths and depths shrunk by bench.tiny.real), loaded
+generation config; seeded random weights, widths and depths shrunk by bench.testing.real_models), loaded
 as local folders exactly as a hub id is loaded.
 
 What this proves: every step a hub checkpoint takes through bench (its token ids, image size and
@@ -172,7 +172,7 @@ def test_lora_presets_resolve_to_the_real_decoder_modules(backend: str, preset: 
     captioner.add_lora(LoraConfig(r=2, alpha=4, targets=preset))
     adapted = [n.removesuffix(".lora_A.default") for n, _ in captioner.torch_module().named_modules()
                if n.endswith(".lora_A.default")]
-    layers = 2  # bench.tiny.real.Shrink().layers
+    layers = 2  # the layers of bench.testing.real_models.SHRINK
     assert all(re.search(r"(^|\.)decoder\.", n) for n in adapted)  # never the encoder / vision tower
     suffixes = {re.sub(r"^.*?\.\d+\.(layer\.\d+\.)?", "", n) for n in adapted}
     assert suffixes == REAL_TARGETS[(backend, preset)]

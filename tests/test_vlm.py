@@ -1,4 +1,4 @@
-"""The zero-shot `vlm` backend on a tiny random model of each family (bench.tiny.vlm), loaded by path
+"""The zero-shot `vlm` backend on a tiny random model of each family (bench.testing.vlm), loaded by path
 through the same `load()` as a hub id: prompt rules, batched == batch-1 captions (dynamic
 resolution included), decoding owned by the setting, image modes and quantization configs."""
 
@@ -18,7 +18,7 @@ from bench.config import GenerationConfig, ModelConfig
 from bench.data.types import Sample
 from bench.errors import BenchError
 from bench.prompts import load_prompt
-from bench.tiny.vlm import BUILDERS
+from bench.testing.vlm import BUILDERS
 from conftest import REPO, tiny_vlm_dir
 
 CPU = torch.device("cpu")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.tiny.vlm import BUILDERS
+from bench.testing.vlm import BUILDERS
 from conftest import REAL_VLM as REAL
 from conftest import REPO, tiny_vlm_dir
 

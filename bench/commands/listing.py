@@ -82,7 +82,7 @@ def datasets_table() -> Table:
     """Declared datasets; only their TOML is read (loading one may generate synthetic data)."""
     import tomllib
 
-    from bench.data import dataset_path, list_datasets
+    from bench.data.dataset import dataset_path, list_datasets
 
     table = Table(title=f"datasets ({escape(_label(paths.datasets_dir()))})", header_style="bold")
     table.add_column("name", no_wrap=True)

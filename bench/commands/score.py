@@ -67,7 +67,7 @@ def match_ids(
 
 def image_paths(images_dir: Path, entries: dict[str, Any]) -> dict[str, Path]:
     """The image file of every scored id inside images_dir; a missing file is an error."""
-    from bench.data import image_path
+    from bench.data.dataset import image_path
 
     if not images_dir.is_dir():
         raise BenchError(f"--images {images_dir}: folder not found")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from bench.tiny import vlm_text
+from bench.testing import vlm_text
 
 IMAGE = 32  # pixels of a vision-tower input (a tile, for the tiling families)
 PATCH = 8

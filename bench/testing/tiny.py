@@ -1,9 +1,9 @@
-"""The tiny random model of each backend, by backend name: what tests, benchmarks and the demo
-build instead of downloading weights.
+"""The tiny random model of each backend, by backend name: what tests and benchmarks build
+instead of downloading weights (the demo builds its own, with its own tokenizer corpus).
 
-Kept beside the tiny builders (not on the production `Captioner` interface): the backends only
-load models, whoever needs a tiny one asks here. Builders are named "module:function" and imported
-on demand, as the backend table does.
+Not on the production `Captioner` interface: the backends only load models, whoever needs a tiny
+one asks here. Builders are named "module:function" and imported on demand, as the backend table
+does.
 """
 
 from __future__ import annotations

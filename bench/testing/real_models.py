@@ -1,19 +1,24 @@
-"""Real-architecture models from the real hub files: a folder of `../shared/models` (config,
-tokenizer, processor, chat template, generation config; no weights) becomes a loadable model
-folder with seeded random weights, written by `save_pretrained` beside copies of every real file.
+"""Real-config models from the real hub files: a folder of `../shared/models` (config, tokenizer,
+processor, chat template, generation config; no weights) becomes a loadable model folder with
+seeded random weights, written by `save_pretrained` beside copies of the real files.
 
-What may change, and only in the config's architecture sub-configs: widths, depths, heads and
-feed-forward sizes (`Shrink`), so tests run on a CPU. Everything a checkpoint's path depends on
-stays real: vocabulary sizes and every token id, image and patch sizes, LLaVA's feature layer and
-selection strategy, the chat template, the tokenizer, the processor and the generation config.
-`shrink=None` keeps the full architecture (for `make bench`); `depth` then cuts named sub-configs'
-layer counts only (LLaVA-1.5-7B's 32 Llama layers, say, so its embeddings and width stay real).
+The one builder of tests and `make bench` (it replaced two that disagreed); per aspect it keeps the
+stricter rule of the two:
+- shrink: one explicit rule per checkpoint type (`SHRINK`), and a checkpoint type without one is
+  an error, never silently left full size. Only widths, depths, heads and feed-forward sizes
+  change (plus a wider `initializer_range` for the VLMs' language models, so greedy choices are not
+  near-ties); vocabularies and token ids, image and patch sizes, LLaVA's feature layer, the chat
+  template, tokenizer, processor and generation config stay real. `shrink=False` keeps the full
+  architecture (`make bench`); `depth` then cuts named sub-configs' layer counts only.
+- copy policy: every real file is copied (after `save_pretrained`, so the published
+  generation_config.json wins) except the config it rewrote and the provenance notes; a weights
+  file in the source is an error (the shared folders hold none by design).
+- class lookup: the checkpoint's own `architectures[0]`, which must name a transformers class.
+- seeding: `torch.random.fork_rng` around the seeded init, so building leaves the caller's RNG as
+  it was.
 
     build_real_model(real_model_dir("nlpconnect/vit-gpt2-image-captioning"), out_dir)
     build_real_clip_flan_t5(out_dir)   # t5/ (flan-t5-base) + vision/ (a full CLIP ViT-B/16)
-
-The output loads as the hub id would (`from_pretrained(out_dir)`), so everything from the files a
-user downloads to the caption is exercised; what random weights cannot show is caption quality.
 """
 
 from __future__ import annotations
@@ -21,46 +26,41 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import paths
 from bench.errors import BenchError
 
-# Files a save_pretrained writes itself (the real config is re-written shrunk; no real weights exist).
-WRITTEN_BY_SAVE = ("config.json",)
+WRITTEN_BY_SAVE = ("config.json",)  # re-written resized; no real weights exist to copy
 NOT_COPIED = ("PROVENANCE.md", "README.md")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 BUILD_RECORD = "bench_real_build.json"
-# Sub-configs that hold an architecture (VisionEncoderDecoder: encoder/decoder; CLIP, LLaVA: text/vision).
 SUB_CONFIGS = ("encoder", "decoder", "text_config", "vision_config")
 
+_STANDARD = {"hidden_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2, "intermediate_size": 128}
+_VLM_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+_VLM_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "initializer_range": 0.1}
 
-@dataclass(frozen=True)
-class Shrink:
-    """The CPU-sized architecture: only these widths and depths differ from the real config."""
-
-    width: int = 64
-    heads: int = 2
-    layers: int = 2
-    ffn: int = 128
-
-
-def _shrunk_fields(model_type: str, s: Shrink) -> dict[str, int]:
-    """Config keys of one architecture and their CPU-sized values; unknown types stay as they are."""
-    standard = {"hidden_size": s.width, "num_attention_heads": s.heads, "num_hidden_layers": s.layers,
-                "intermediate_size": s.ffn}
-    fields: dict[str, dict[str, int]] = {
-        "vit": standard,
-        "clip_vision_model": standard,
-        "clip_text_model": standard,
-        "llama": {**standard, "num_key_value_heads": s.heads},
-        "gpt2": {"n_embd": s.width, "n_head": s.heads, "n_layer": s.layers},
-        "t5": {"d_model": s.width, "d_kv": s.width // s.heads, "d_ff": s.ffn, "num_heads": s.heads,
-               "num_layers": s.layers, "num_decoder_layers": s.layers},
-        "clip": {"projection_dim": s.width},
-    }
-    return fields.get(model_type, {})
+# checkpoint model_type -> part of its config ("" = the top level) -> the CPU-sized fields.
+SHRINK: dict[str, dict[str, dict[str, Any]]] = {
+    "vision-encoder-decoder": {
+        "encoder": _STANDARD,  # ViT
+        "decoder": {"n_embd": 64, "n_head": 2, "n_layer": 2},  # GPT-2
+    },
+    "t5": {"": {"d_model": 64, "d_kv": 32, "d_ff": 128, "num_heads": 2, "num_layers": 2, "num_decoder_layers": 2}},
+    "clip": {"": {"projection_dim": 64}, "text_config": _STANDARD, "vision_config": _STANDARD},
+    "llava": {
+        "vision_config": {**_VLM_VISION, "projection_dim": 32},
+        "text_config": {**_VLM_TEXT, "num_key_value_heads": 4, "head_dim": 16},
+    },
+    "blip": {
+        "": {"projection_dim": 32, "image_text_hidden_size": 32},
+        "vision_config": _VLM_VISION,
+        "text_config": {**_VLM_TEXT, "encoder_hidden_size": _VLM_VISION["hidden_size"]},
+    },
+}
 
 
 def real_model_dir(hub_id: str) -> Path:
@@ -75,12 +75,16 @@ def _layer_key(config: Any) -> str:
     return "n_layer" if config.model_type == "gpt2" else "num_hidden_layers"
 
 
-def _resize(config: Any, shrink: Shrink | None, depth: Mapping[str, int]) -> dict[str, dict[str, int]]:
-    """Apply `shrink` (every part) and `depth` (named parts' layer counts) in place; what changed."""
+def _resize(config: Any, shrink: bool, depth: Mapping[str, int], source: Path) -> dict[str, dict[str, Any]]:
+    """Apply the checkpoint type's rule (when `shrink`) and `depth` in place; what changed."""
+    rule = SHRINK.get(config.model_type)
+    if shrink and rule is None:
+        raise BenchError(f"{source / 'config.json'}: no shrink rule for model_type {config.model_type!r} "
+                         f"(known: {', '.join(sorted(SHRINK))})")
     parts = {"": config, **{name: getattr(config, name) for name in SUB_CONFIGS if hasattr(config, name)}}
-    changed: dict[str, dict[str, int]] = {}
+    changed: dict[str, dict[str, Any]] = {}
     for name, part in parts.items():
-        wanted = dict(_shrunk_fields(part.model_type, shrink)) if shrink is not None else {}
+        wanted = dict(rule.get(name, {})) if shrink and rule else {}
         if name in depth:
             wanted[_layer_key(part)] = depth[name]
         for key, value in wanted.items():
@@ -119,7 +123,7 @@ def _quiet_tied_end_tokens(model: Any) -> list[int]:
 
 
 def build_real_model(
-    source: Path, out_dir: Path, seed: int = 0, *, shrink: Shrink | None = Shrink(), depth: Mapping[str, int] | None = None
+    source: Path, out_dir: Path, seed: int = 0, *, shrink: bool = True, depth: Mapping[str, int] | None = None
 ) -> Path:
     """Write the real config (resized as above) with seeded random weights plus every real file of
     `source` to `out_dir`; returns `out_dir`. `depth`: {"text_config": 2} cuts the Llama depth."""
@@ -127,23 +131,26 @@ def build_real_model(
     from transformers import AutoConfig
 
     source, out_dir = Path(source), Path(out_dir)
+    weights = sorted(p.name for p in source.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    if weights:
+        raise BenchError(f"{source / weights[0]}: a real-config folder holds no weights (the builder draws them)")
     config = AutoConfig.from_pretrained(str(source), local_files_only=True, trust_remote_code=False)
-    changed = _resize(config, shrink, depth or {})
-    torch.manual_seed(seed)
-    model = _model_class(config)(config)
+    changed = _resize(config, shrink, depth or {}, source)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _model_class(config)(config)
     zeroed = _quiet_tied_end_tokens(model)
     model.save_pretrained(out_dir, safe_serialization=True)
-    # The real files overwrite anything save_pretrained derived (generation_config.json above all).
     for path in sorted(source.iterdir()):
         if path.is_file() and path.name not in WRITTEN_BY_SAVE + NOT_COPIED:
             shutil.copyfile(path, out_dir / path.name)
-    record = {"source": str(source), "seed": seed, "shrink": asdict(shrink) if shrink else None, "changed": changed, "zeroed_embedding_rows": zeroed}
+    record = {"source": str(source), "seed": seed, "shrink": shrink, "changed": changed, "zeroed_embedding_rows": zeroed}
     (out_dir / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return out_dir
 
 
 def build_real_clip_flan_t5(
-    out_dir: Path, seed: int = 0, *, shrink: Shrink | None = Shrink(),
+    out_dir: Path, seed: int = 0, *, shrink: bool = True,
     t5_id: str = "google/flan-t5-base", vision_id: str = "openai/clip-vit-base-patch16",
 ) -> Path:
     """The clip-flan-t5 bundle: `t5/` (Flan-T5) and `vision/`, a FULL CLIP checkpoint (text half
