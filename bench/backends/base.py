@@ -25,6 +25,7 @@ from bench.errors import BenchError
 from bench.models.adapters import AdapterMixin
 from bench.models.collate import PixelCaptionCollate
 from bench.models.decoding import clean_captions, generation_kwargs
+from bench.models.lora_targets import add_peft, peft_lora_config, resolve_targets
 
 Batch = dict[str, Any]
 
@@ -136,8 +137,28 @@ class PixelLoraCaptioner(AdapterMixin, Captioner):
         self.peft_model: Any | None = None
         self.lora_config: LoraConfig | None = None
 
+    # Where LoRA goes, per backend: the part of `lora_base()` targets are resolved in, the
+    # presets ("attn", "attn_ffn") and whether the layers store weights transposed (GPT-2's Conv1D).
+    lora_scope: ClassVar[str]
+    lora_presets: ClassVar[dict[str, tuple[str, ...]]]
+    lora_fan_in_fan_out: ClassVar[bool] = False
+
+    @classmethod
+    def refuse_quantization(cls, model_cfg: ModelConfig) -> None:
+        if model_cfg.quantization != "none":
+            raise BenchError(f"model quantization {model_cfg.quantization!r}: backend {cls.name!r} loads full precision only")
+
     def caption_collate(self) -> PixelCaptionCollate:
         return PixelCaptionCollate(self.processor)
+
+    def add_lora(self, lora: LoraConfig) -> None:
+        if self.peft_model is not None:
+            raise BenchError("lora: this model already has a LoRA adapter")
+        base = self.lora_base()
+        regex = resolve_targets(base, lora.targets, scope=self.lora_scope, presets=self.lora_presets, backend=self.name)
+        # peft freezes what it wraps except the LoRA layers (clip-flan-t5's projection, outside it, trains).
+        self.peft_model = add_peft(base, peft_lora_config(lora, regex, fan_in_fan_out=self.lora_fan_in_fan_out))
+        self.lora_config = lora
 
     def decode_generated(self, ids: torch.Tensor, gen: GenerationConfig) -> list[str]:
         """Captions of generated decoder ids (the start token first); flags `last_truncated`."""
