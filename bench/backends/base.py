@@ -48,6 +48,10 @@ class AttentionTrace:
 class Captioner(ABC):
     # The backend's row in bench.backends.table, which holds its defaults and capabilities.
     name: ClassVar[str]
+    # The LoRA settings of the adapter added by `add_lora` (part of a training run's fingerprint).
+    lora_config: LoraConfig | None = None
+    # What turns images into model inputs (its image_mean/std let `bench attend` undo them).
+    processor: Any = None
 
     def __init__(self, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> None:
         self.model_cfg = model_cfg
@@ -107,6 +111,10 @@ class Captioner(ABC):
     @abstractmethod
     def torch_module(self) -> torch.nn.Module:
         """The nn.Module that training optimises and accelerate wraps."""
+
+    def resolved_options(self) -> dict[str, object] | None:
+        """What a zero-shot run resolved from its options (family, image mode), for results.json."""
+        return None
 
     # --- attention maps ------------------------------------------------------------------------
     def generate_with_attention(self, batch: Batch, gen: GenerationConfig) -> list[AttentionTrace]:

@@ -108,9 +108,9 @@ def load_and_train(run: RunContext) -> Any:
     # Model loading (imports included) summed over sessions: `make bench` breaks the run down by it.
     run.state["load_s"] = float(run.state.get("load_s", 0.0)) + time.perf_counter() - started
     if plan.kind != "lora":
-        resolved = getattr(captioner, "resolved_options", None)
+        resolved = captioner.resolved_options()
         if resolved is not None:  # family, prompt rule and image mode, for results.json and the report
-            run.state["model"] = resolved()
+            run.state["model"] = resolved
             run.save_state()
         return captioner
     from bench import training
