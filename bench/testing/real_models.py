@@ -150,11 +150,16 @@ def build_real_model(
 
 
 def build_real_clip_flan_t5(
-    out_dir: Path, seed: int = 0, *, shrink: bool = True,
-    t5_id: str = "google/flan-t5-base", vision_id: str = "openai/clip-vit-base-patch16",
+    out_dir: Path, seed: int = 0, *, shrink: bool = True, t5_id: str | None = None, vision_id: str | None = None,
 ) -> Path:
     """The clip-flan-t5 bundle: `t5/` (Flan-T5) and `vision/`, a FULL CLIP checkpoint (text half
-    included) as the hub has it, whose vision tower the backend loads."""
+    included) as the hub has it, whose vision tower the backend loads; by default the backend's
+    own default models."""
+    from bench.backends import backend_spec
+    from bench.backends.clip_flan_t5 import DEFAULT_VISION
+
+    t5_id = t5_id or backend_spec("clip-flan-t5").default_model or ""
+    vision_id = vision_id or DEFAULT_VISION
     out_dir = Path(out_dir)
     build_real_model(real_model_dir(t5_id), out_dir / "t5", seed, shrink=shrink)
     build_real_model(real_model_dir(vision_id), out_dir / "vision", seed, shrink=shrink)
