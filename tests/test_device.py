@@ -45,6 +45,24 @@ def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch: pytest.MonkeyPatch, cu
     assert resolve_device("cpu").type == "cpu"
 
 
+def test_one_device_policy_serves_every_command() -> None:
+    """`auto` means the same for `bench run`, `bench attend` and CLIPScore: one function decides."""
+    import ast
+    from pathlib import Path
+
+    import bench.attend.command as attend
+    import bench.device
+    import bench.run as run
+    import bench.scoring.clipscore as clipscore
+
+    package = Path(bench.device.__file__).parent
+    defined = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if any(isinstance(n, ast.FunctionDef) and n.name == "resolve_device" for n in ast.walk(ast.parse(p.read_text()))))
+    assert defined == ["device.py"]
+    assert clipscore.resolve_device is run.resolve_device is bench.device.resolve_device
+    assert "from bench.device import resolve_device" in Path(attend.__file__).read_text()
+
+
 def test_an_unavailable_device_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_accelerators(monkeypatch, False, False)
     for name in ("cuda", "mps"):
