@@ -118,7 +118,7 @@ def test_error_names_the_file_that_set_the_key(home: Path) -> None:
 
 
 def test_cross_key_error_names_the_file_that_changed_it(home: Path) -> None:
-    write(home, "beam", "[generation]\nstrategy = 'beam'\n")  # num_beams = 1 comes from base.toml
+    write(home, "beam", "[generation]\nstrategy = 'beam'\n")  # num_beams = 1: the dataclass default
     with pytest.raises(BenchError, match=r"^settings/beam.toml: generation.num_beams must be >= 2 with strategy"):
         load_setting("beam")
 
