@@ -37,7 +37,8 @@ class GenerationConfig:
     batch_size: int = 16
 
     def for_kind(self, zero_shot: bool) -> "GenerationConfig":
-        """max_new_tokens filled in: the setting's own, else 64 zero-shot and 30 for LoRA runs."""
+        """max_new_tokens filled in: the setting's own, else the constant of the kind above (for
+        code that decodes outside a planned run; a plan fixes the backend row's value first)."""
         if self.max_new_tokens is not None:
             return self
         default = ZERO_SHOT_MAX_NEW_TOKENS if zero_shot else LORA_MAX_NEW_TOKENS

@@ -60,8 +60,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def with_backend_defaults(setting: Setting, backend: str) -> Setting:
-    """The backend's defaults made explicit, so config.json says what ran: max_new_tokens (64 for
-    zero-shot VLMs, 30 for the LoRA captioners) and default options (`image_mode = "auto"`)."""
+    """The backend's defaults (its row in bench.backends.table) made explicit, so config.json says
+    what ran: max_new_tokens and default options (`image_mode = "auto"` for the VLMs)."""
     info = backend_spec(backend)
     gen = setting.generation
     if gen.max_new_tokens is None:
