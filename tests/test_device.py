@@ -22,7 +22,8 @@ from bench.data.types import Sample
 from bench.distributed import SINGLE, Dist
 from bench.errors import BenchError
 from bench.run import ScorerPool
-from bench.run.environment import cpu_thread_budget, cpu_threads, resolve_device
+from bench.device import resolve_device
+from bench.run.environment import cpu_thread_budget, cpu_threads
 from bench.run.execute import RunContext, _generation_autocast, score
 from bench.run.folder import StageState
 from conftest import REPO
@@ -54,14 +55,15 @@ def test_one_device_policy_serves_every_command() -> None:
 
     import bench.attend.command as attend
     import bench.device
-    import bench.run as run
     import bench.scoring.clipscore as clipscore
 
     package = Path(bench.device.__file__).parent
     defined = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
                      if any(isinstance(n, ast.FunctionDef) and n.name == "resolve_device" for n in ast.walk(ast.parse(p.read_text()))))
     assert defined == ["device.py"]
-    assert clipscore.resolve_device is run.resolve_device is bench.device.resolve_device
+    import bench.run.execute as execute
+
+    assert clipscore.resolve_device is execute.resolve_device is bench.device.resolve_device
     assert "from bench.device import resolve_device" in Path(attend.__file__).read_text()
 
 

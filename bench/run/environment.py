@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from bench import paths
-from bench.device import resolve_device  # re-exported: bench.run's public surface
 
 VERSIONED_PACKAGES: tuple[str, ...] = (
     "torch", "transformers", "peft", "accelerate", "bitsandbytes", "pycocoevalcap", "safetensors", "tokenizers",

@@ -22,7 +22,8 @@ from typing import Any
 from bench.distributed import Dist, detect
 from bench.errors import BenchError
 from bench.io import exclusive_lock
-from bench.run.environment import cpu_threads, free_memory, reset_peak_memory, resolve_device
+from bench.device import resolve_device
+from bench.run.environment import cpu_threads, free_memory, reset_peak_memory
 from bench.run.folder import CaptionRecord, MetricsRecord, RunFolder, StageState, TrainRecord
 from bench.run.plan import RunPlan
 from bench.run.registry import cached_results, remove_stale_temps, start_run
