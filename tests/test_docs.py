@@ -268,4 +268,6 @@ REPO_PATH = re.compile(r"`((?:bench|tests|benchmarks|examples|settings|prompts|d
 def test_every_repository_path_the_docs_name_exists(path: Path) -> None:
     """`bench/...py`, `tests/...py`, `settings/x.toml` and the like, so a moved module is noticed."""
     named = REPO_PATH.findall(path.read_text(encoding="utf-8"))
-    assert [p for p in named if not (REPO / p).exists()] == []
+    # placeholders a reader replaces (`datasets/NAME.toml`, `bench/backends/my_backend.py`) name no file
+    real = [p for p in named if not re.search(r"(^|/)(my[_-]|[A-Z]+[./])", p)]
+    assert [p for p in real if not (REPO / p).exists()] == []
