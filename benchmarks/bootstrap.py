@@ -24,6 +24,10 @@ import numpy as np
 
 from bench.paths import shared_data_dir
 
+# What `make bench` checks before running this section (benchmarks/run_all.py skips it, named,
+# when a path is absent under BENCH_SHARED_DATA / BENCH_SHARED_MODELS).
+NEEDS_SHARED_DATA = ("flickr8k-1k/captions.txt", "flickr8k-1k/images")
+
 N_BOOT = 1000
 
 

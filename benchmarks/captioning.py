@@ -29,6 +29,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+# What `make bench` checks before running this section (benchmarks/run_all.py skips it, named,
+# when a path is absent under BENCH_SHARED_DATA / BENCH_SHARED_MODELS).
+NEEDS_SHARED_DATA = ("flickr8k-1k/captions.txt", "flickr8k-1k/images")
+
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 32
 WORKERS = 2

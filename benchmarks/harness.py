@@ -37,6 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+# What `make bench` checks before running this section (benchmarks/run_all.py skips it, named,
+# when a path is absent under BENCH_SHARED_DATA / BENCH_SHARED_MODELS). Plain data, no import:
+# the harness's bare script runs this file.
+NEEDS_SHARED_DATA = ("flickr8k-1k/captions.txt", "flickr8k-1k/images")
+
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_IMAGES = 8
 EPOCHS = 1

@@ -32,6 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+# What `make bench` checks before running this section (benchmarks/run_all.py skips it, named,
+# when a path is absent under BENCH_SHARED_DATA / BENCH_SHARED_MODELS).
+NEEDS_SHARED_DATA = ("flickr8k-1k/captions.txt", "flickr8k-1k/images")
+NEEDS_SHARED_MODELS = ("nlpconnect__vit-gpt2-image-captioning", "google__flan-t5-base", "openai__clip-vit-base-patch16",
+                       "llava-hf__llava-1.5-7b-hf", "openai__clip-vit-base-patch32")
+
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 8
 LLAVA_TEXT_LAYERS = 2

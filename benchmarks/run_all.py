@@ -9,7 +9,10 @@ Sections (each measures its figure side by side with its baseline in this same r
 - real_architectures.py  each default model's real architecture at full width on CPU (LLaVA-1.5-7B
                  at reduced depth): images/s, CPU seconds per image and peak memory.
 
-A section that fails is reported as failed (the others still run) and the command exits 1.
+A section whose module declares NEEDS_SHARED_DATA / NEEDS_SHARED_MODELS (paths under
+BENCH_SHARED_DATA / BENCH_SHARED_MODELS) is skipped, and named in the report, when one is absent:
+a user's clone without ../shared still exits 0. A section that fails for any other reason is
+reported as failed (the others still run) and the command exits 1 with a one-line cause.
 
     python benchmarks/run_all.py [--quick]
 """
@@ -17,6 +20,7 @@ A section that fails is reported as failed (the others still run) and the comman
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import sys
@@ -64,10 +68,32 @@ def machine() -> dict[str, Any]:
     }
 
 
+def missing_shared(name: str) -> str | None:
+    """Why section `name` cannot run here ("needs BENCH_SHARED_DATA (PATH not found)"), from its
+    module's NEEDS_SHARED_DATA / NEEDS_SHARED_MODELS; None when it can (or has no such module)."""
+    from bench.testing.shared import missing_env
+
+    try:
+        module = importlib.import_module(f"benchmarks.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"benchmarks.{name}":
+            raise  # the module is there but imports something missing: a failure, not a skip
+        return None
+    return missing_env(getattr(module, "NEEDS_SHARED_DATA", ()), getattr(module, "NEEDS_SHARED_MODELS", ()))
+
+
+def skipped_sections(r: dict[str, Any]) -> dict[str, str]:
+    """Section -> "skipped: needs ...", from the `<name>_skipped` keys `_section` returns."""
+    return {k.removesuffix("_skipped"): v for k, v in r.items() if k.endswith("_skipped")}
+
+
 def _section(name: str, fn: Callable[[], dict[str, Any]], errors: dict[str, str]) -> dict[str, Any]:
     from rich.console import Console
 
     console = Console(stderr=True)
+    if (reason := missing_shared(name)) is not None:
+        console.print(f"[yellow]benchmark {name} skipped[/]: {reason}", highlight=False)
+        return {f"{name}_skipped": f"skipped: {reason}"}
     console.print(f"[bold]benchmark[/] {name} ...")
     start = time.perf_counter()
     try:
@@ -141,6 +167,7 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("LLaVA-1.5-7B on GPU (bf16, 4-bit; batch 1, 32)", "pending", gpu.get("reason", GPU_PENDING)))
     if "make_bench_seconds" in r:
         rows.append(("make bench, total", f"{r['make_bench_seconds']:.0f} s", "this run, all sections"))
+    rows += [(f"section {name}", "skipped", why.removeprefix("skipped: ")) for name, why in skipped_sections(r).items()]
     return rows
 
 
@@ -265,9 +292,19 @@ def markdown(r: dict[str, Any]) -> str:
             "batch 1 and 32 with 32 new tokens; its CPU code path is tested on the tiny LLaVA.",
             "",
         ]
+    if skipped_sections(r):
+        out += ["## Skipped sections", ""] + [f"- {k}: {v}" for k, v in skipped_sections(r).items()] + [""]
     if r.get("errors"):
         out += ["## Failed sections", ""] + [f"- {k}: {v}" for k, v in r["errors"].items()] + [""]
     return "\n".join(out)
+
+
+def failure_line(errors: dict[str, str]) -> str | None:
+    """The one line `make bench` exits with when a section failed (None when none did)."""
+    if not errors:
+        return None
+    causes = "; ".join(f"{name}: {cause}" for name, cause in errors.items())
+    return f"make bench: {len(errors)} section(s) failed: {causes}"
 
 
 def main() -> None:
@@ -297,6 +334,7 @@ def main() -> None:
     results["make_bench_seconds"] = round(time.perf_counter() - start, 1)
     results["quick"] = bool(args.quick)
     results["errors"] = errors
+    results["skipped"] = skipped_sections(results)
 
     table = Table(title=f"bench performance on {results['machine']['cpu']} ({results['machine']['cores']} cores, {results['machine']['device']})")
     table.add_column("figure")
@@ -310,8 +348,8 @@ def main() -> None:
     atomic_write_json(args.out / "performance.json", results)
     atomic_write_text(args.out / "performance.md", markdown(results))
     print(f"wrote {args.out / 'performance.md'} and {args.out / 'performance.json'}")
-    if errors:
-        sys.exit(1)
+    if (line := failure_line(errors)) is not None:
+        sys.exit(line)  # printed on stderr, exit status 1
 
 
 if __name__ == "__main__":

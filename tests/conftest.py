@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench import paths
+from bench.testing import shared
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_SEED = 0
@@ -95,9 +96,7 @@ def real_vlm(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dic
     generation config) with random weights of shrunk widths (bench.testing.real_models), built once."""
     from bench.testing.real_models import build_real_model
 
-    models = shared_data.parent / "models"
-    if not all((models / name / "config.json").is_file() for name in REAL_VLM.values()):
-        pytest.skip(f"real model files not found in {models}")
+    models = shared.need_models(*(f"{name}/config.json" for name in REAL_VLM.values()))
     root = shared_tmp(tmp_path_factory) / "real-vlm"
     return {f: build_once(root / n, lambda out, n=n: build_real_model(models / n, out, TINY_SEED)) for f, n in REAL_VLM.items()}
 
@@ -119,8 +118,7 @@ def tiny_models(tiny_vit_gpt2: Path, tiny_clip_flan_t5: Path, tiny_llava: Path) 
 # --- real-config models: the hub's real files, seeded random weights (bench.testing.real_models) ----------
 
 def _real_model(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
-    if not (paths.shared_models_dir() / "google__flan-t5-base" / "config.json").is_file():
-        pytest.skip(f"real model files not found at {paths.shared_models_dir()} (set BENCH_SHARED_MODELS)")
+    shared.need_models("google__flan-t5-base/config.json")
     return build_once(shared_tmp(tmp_path_factory) / "real-models" / name, build)
 
 
@@ -160,10 +158,33 @@ def real_clip_flan_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data beside the project (../shared/data or BENCH_SHARED_DATA)."""
-    root = paths.shared_data_dir()
-    if not (root / "flickr8k-1k" / "captions.txt").is_file():
-        pytest.skip(f"shared data not found at {root} (set BENCH_SHARED_DATA)")
-    return root
+    return shared.need_data("flickr8k-1k/captions.txt")
+
+
+@pytest.fixture(scope="session")
+def stand_in_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BENCH_SHARED_DATA for tests that only plan (bench.testing.shared.write_stand_in_data):
+    they run the same with or without the real ../shared/data."""
+    return build_once(shared_tmp(tmp_path_factory) / "stand-in-data", shared.write_stand_in_data)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """One line for every test skipped for lack of ../shared (instead of one per reason, which
+    the short summary would print): those skips leave the short summary, then the line follows
+    it. Under xdist this runs in the controller, which holds every worker's reports."""
+    stats = terminalreporter.stats
+    skipped = stats.get("skipped", [])
+    kinds = [shared.skip_kind(str(r.longrepr[2])) if isinstance(r.longrepr, tuple) else None for r in skipped]
+    if skipped:
+        stats["skipped"] = [r for r, kind in zip(skipped, kinds) if kind is None]
+    try:
+        return (yield)
+    finally:
+        if skipped:
+            stats["skipped"] = skipped  # the final "N skipped" count includes them
+        for line in shared.summary(k for k in kinds if k):
+            terminalreporter.write_line(line, yellow=True)
 
 
 @dataclass(frozen=True)

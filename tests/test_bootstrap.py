@@ -10,6 +10,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
 from bench.paths import shared_data_dir
+from bench.testing import shared
 from bench.report.bootstrap import (
     RunInput,
     bootstrap,
@@ -20,7 +21,7 @@ from bench.report.bootstrap import (
 from bench.report.tokens import ptb_tokenize
 
 DATA = shared_data_dir()
-pytestmark = pytest.mark.skipif(not (DATA / "external" / "magic-flickr30k").is_dir(), reason="shared data missing")
+pytestmark = shared.skip_without_data("external/magic-flickr30k")
 
 
 def _tokenized(system: str, limit: int | None = None) -> tuple[list[str], list[list[str]], list[str]]:

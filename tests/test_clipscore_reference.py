@@ -145,11 +145,10 @@ def reference_scores(model, bpe: OpenAIBPE, cands: dict, refs: dict, images: dic
 # --- the model: real config and tokenizer, narrowed, seeded, every cosine well above 0 -----------
 
 @pytest.fixture(scope="module")
-def real_clip_dir(shared_data: Path) -> Path:
-    folder = shared_data.parent / "models" / REAL_CLIP
-    if not (folder / "config.json").is_file():
-        pytest.skip(f"{folder} not found")
-    return folder
+def real_clip_dir() -> Path:
+    from bench.testing import shared
+
+    return shared.need_models(f"{REAL_CLIP}/config.json") / REAL_CLIP
 
 
 @pytest.fixture(scope="module")

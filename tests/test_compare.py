@@ -20,11 +20,12 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from bench.cli import main
 from bench.paths import shared_data_dir
 from bench.report.markdown import cell
+from bench.testing import shared
 
 SYSTEMS = ("magic", "zerocap", "top_k_run_1")
 MAGIC = shared_data_dir() / "external" / "magic-flickr30k"
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(not MAGIC.is_dir(), reason="shared data missing")
+pytestmark = shared.skip_without_data("external/magic-flickr30k")
 
 
 def _cli(*args: str) -> int:

@@ -27,8 +27,8 @@ from bench.backends.llava import (
 from bench.config import GenerationConfig, ModelConfig
 from bench.data.types import Sample
 from bench.errors import BenchError
-from bench.paths import shared_data_dir
 from bench.prompts import list_prompts, load_prompt
+from bench.testing import shared
 from bench.tiny.llava import LLAVA15_CHAT_TEMPLATE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,10 +42,9 @@ OFFLINE_ERROR = (  # the same line every loader gives (bench.model_source), then
 
 
 def flickr_images(n: int) -> list[Path]:
-    folder = shared_data_dir() / "flickr8k-1k" / "images"
+    folder = shared.need_data("flickr8k-1k/images") / "flickr8k-1k" / "images"
     paths = sorted(folder.glob("*.jpg"))[:n]
-    if len(paths) < n:
-        pytest.skip(f"needs {n} Flickr8k images in {folder}")
+    assert len(paths) == n, f"needs {n} Flickr8k images in {folder}"
     return paths
 
 

@@ -12,8 +12,8 @@ from bench.backends import backend_class
 from bench.tiny.llava import build_tiny_llava
 from bench.config import GenerationConfig, ModelConfig
 from bench.data.types import Sample
-from bench.paths import shared_data_dir
 from bench.prompts import load_prompt
+from bench.testing import shared
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,9 +38,8 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def samples() -> list[Sample]:
-    paths = sorted((shared_data_dir() / "flickr8k-1k" / "images").glob("*.jpg"))[:3]
-    if len(paths) < 3:
-        pytest.skip("needs 3 Flickr8k images")
+    paths = sorted((shared.need_data("flickr8k-1k/images") / "flickr8k-1k" / "images").glob("*.jpg"))[:3]
+    assert len(paths) == 3, "needs 3 Flickr8k images"
     return [Sample(p.stem, p, ()) for p in paths]
 
 

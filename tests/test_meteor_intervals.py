@@ -16,9 +16,10 @@ from bench.paths import shared_data_dir
 from bench.report.bootstrap import RunInput, bootstrap, resample_counts
 from bench.report.meteor import aggregable, corpus_meteor, meteor_from_totals
 from bench.scoring.text_metrics import MeteorMetric, tokenize
+from bench.testing import shared
 
 DATA = shared_data_dir() / "external" / "magic-flickr30k"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="shared data missing")
+pytestmark = shared.skip_without_data("external/magic-flickr30k")
 SYSTEMS = sorted(p.stem for p in DATA.glob("*.json")) if DATA.is_dir() else []
 INTERVAL = re.compile(r"(-?\d+\.\d+)\**\s*\[(-?\d+\.\d+), (-?\d+\.\d+)\]")
 

@@ -37,11 +37,9 @@ def _words(text: str, n: int) -> str:
 def flickr_runs(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     """Two zero-shot prompts and two LoRA settings whose "captions" are real held-out references
     (refs 2-5 are the references), plus loss curves and an attention figure."""
-    from bench.paths import shared_data_dir
+    from bench.testing import shared
 
-    data = shared_data_dir()
-    if not (data / "flickr8k-1k" / "captions.txt").is_file():
-        pytest.skip("shared data missing")
+    data = shared.need_data("flickr8k-1k/captions.txt")
     root = tmp_path_factory.mktemp("report") / "runs"
     full = flickr8k_samples(data, N_IMAGES)
     samples = [{**s, "refs": s["refs"][1:]} for s in full]

@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from bench.paths import shared_data_dir
+from bench.testing import shared
 
 MAGIC_DIR = shared_data_dir() / "external" / "magic-flickr30k"
 DEFAULT_FILES = ("magic.json", "zerocap.json")
@@ -60,7 +61,7 @@ def pycocoevalcap_scores(items: list[dict], meteor) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not MAGIC_DIR.is_dir(), reason=f"shared data not found at {MAGIC_DIR}")
+@shared.skip_without_data("external/magic-flickr30k")
 @pytest.mark.parametrize("name", ALL_FILES)
 def test_bench_score_json_equals_pycocoevalcap(name, meteor):
     if name not in DEFAULT_FILES and not RUN_ALL:

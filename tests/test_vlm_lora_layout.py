@@ -26,18 +26,18 @@ from bench.models.vlm_lora import (
 from bench.backends.llava import render_prompt
 from bench.data.types import Sample
 from bench.errors import BenchError
-from bench.paths import shared_data_dir
+from bench.paths import shared_models_dir
 from bench.prompts import load_prompt
+from bench.testing import shared
 
-REAL = shared_data_dir().parent / "models" / "llava-hf__llava-1.5-7b-hf"
+REAL = shared_models_dir() / "llava-hf__llava-1.5-7b-hf"
 IMAGE_TOKEN, PAD, EOS = 32000, 32001, 2
 CAPTIONS = ("A dog runs through the grass.", "Two children in red jackets play on a snowy hill near a wooden fence.")
 
 
 @pytest.fixture(scope="module")
 def processor():
-    if not (REAL / "tokenizer.json").is_file():
-        pytest.skip(f"real LLaVA-1.5 files not found in {REAL}")
+    shared.need_models(f"{REAL.name}/tokenizer.json")
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(str(REAL))
@@ -139,8 +139,7 @@ def test_a_prompt_with_no_image_slot_is_a_one_line_error(processor, brief, image
 @pytest.fixture(scope="module")
 def meta_llava():
     """llava-1.5-7b's exact module tree (its config.json), on the meta device: no memory, no weights."""
-    if not (REAL / "config.json").is_file():
-        pytest.skip(f"real LLaVA-1.5 files not found in {REAL}")
+    shared.need_models(f"{REAL.name}/config.json")
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     with torch.device("meta"):
@@ -234,8 +233,7 @@ def test_lora_load_keeps_the_vlm_parts_full_precision(monkeypatch) -> None:
 def shrunk_llava(tmp_path_factory) -> Path:
     """llava-1.5-7b's config shrunk in widths and depths (vocab 32064, 336 px / patch 14 = 576 image
     tokens kept), random weights, beside the real processor files (bench.testing.real_models)."""
-    if not (REAL / "config.json").is_file():
-        pytest.skip(f"real LLaVA-1.5 files not found in {REAL}")
+    shared.need_models(f"{REAL.name}/config.json")
     from bench.testing.real_models import build_real_model
 
     return build_real_model(REAL, tmp_path_factory.mktemp("shrunk-llava"), 0)
