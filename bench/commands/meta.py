@@ -70,6 +70,8 @@ def meta(
         raise BenchError(f"--resamples must be >= 1, got {resamples}")
     file = path if path is not None else shared_data_dir() / spec.path
     out = out if out is not None else project_dir() / "reports" / f"meta-{spec.name}.md"
+    if out.with_suffix(".json").resolve() == Path(file).resolve():
+        raise BenchError(f"--out {out}: its JSON {out.with_suffix('.json')} would overwrite the benchmark file")
     judge_spec = None
     if judge is not None:
         from bench.judge import load_judge
