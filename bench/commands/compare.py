@@ -48,6 +48,8 @@ def _leaderboard_table(s, console: Console) -> RichTable:  # noqa: ANN001 - Sect
 def _print_result(console: Console, result) -> None:  # noqa: ANN001 - ReportResult, imported lazily
     for s in result.sections:
         console.print(_leaderboard_table(s, console))
+        for line in s.trust:
+            console.print(escape(line), highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     console.print(f"report: {result.markdown}", highlight=False, soft_wrap=True)

@@ -26,6 +26,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.io import atomic_write_text
+from bench.report import adjusted
 from bench.report import figures as figs
 from bench.report.bootstrap import ALL_METRICS
 from bench.report.diagnostics import Cost
@@ -49,6 +50,7 @@ class SectionSummary:
     baseline: str
     leaderboard: pd.DataFrame  # plain text cells, for the terminal
     n_runs: int
+    trust: tuple[str, ...] = ()  # wins after Holm's adjustment, detectable differences
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,8 @@ def _section_md(section: Section, index: int, several: bool, out: Path, fig_dir:
                       "systems never do).\n")
             continue
         md.append(_md_table(t))
+        if t is tables[0]:
+            md.append(adjusted.markdown(section))  # beside the leaderboard it qualifies
     prefix = f"s{index + 1}"
 
     md.append("### Figures\n")
@@ -213,6 +217,7 @@ def _run_record(r: RunSummary) -> dict[str, Any]:
                 "lo": r.ci[m][0] if m in r.ci else None,
                 "hi": r.ci[m][1] if m in r.ci else None,
                 "p_vs_baseline": r.p.get(m),
+                "p_holm": r.p_holm.get(m),
                 "recomputed": r.recomputed.get(m),
             }
             for m in ALL_METRICS
@@ -236,6 +241,7 @@ def _csv_rows(section: Section) -> list[dict[str, Any]]:
             row[m] = r.values.get(m)
             row[f"{m} lo"], row[f"{m} hi"] = r.ci.get(m, (None, None))
             row[f"{m} p"] = r.p.get(m)
+            row[f"{m} Holm p"] = r.p_holm.get(m)
         row.update({f"degeneration {k}": v for k, v in asdict(r.degeneration).items()})
         row.update({f"cost {k}": v for k, v in asdict(r.cost).items()})
         rows.append(row)
@@ -253,7 +259,12 @@ def _method_md(n_boot: int, seed: int) -> str:
         "ROUGE-L, CLIPScore and RefCLIPScore, whose corpus values are means of per-image scores, as the "
         "mean over the resampled images. "
         "p: two-sided paired bootstrap p-value against the section's baseline on the same resamples, "
-        "(1 + #{|d_b - d| >= |d|}) / (B + 1). Bold: the best value of a column. Runs are only compared "
+        "(1 + #{|d_b - d| >= |d|}) / (B + 1). Holm p: the same p-value adjusted by Holm's step-down "
+        "method over every comparison of the section's leaderboard (each run against the baseline on "
+        "CIDEr and CLIPScore), so that the chance of any false win stays at 5%; a raw win (above the "
+        "baseline, p < 0.05) reads (holds) or (lost) after the adjustment. Detectable difference: "
+        "(1.96 + 0.84) x the standard deviation of the bootstrap paired differences, the smallest true "
+        "difference this many images find at p < 0.05 four times in five. Bold: the best value of a column. Runs are only compared "
         "within a section (same dataset, split fingerprint and images). Degeneration is measured on "
         "PTB-tokenized captions: a caption repeats if a word 3-gram occurs twice or a word 3+ times in "
         "a row; distinct-n is distinct n-grams over all n-grams of the run.\n"
@@ -337,7 +348,8 @@ def _write_markdown(
             k = sections.index(s)
             text, board = _section_md(s, k, len(in_ds) > 1, out, fig_dir, written)
             body.append(text)
-            summaries.append(SectionSummary(_section_title(s, len(in_ds) > 1), s.baseline, board.plain, len(s.runs)))
+            summaries.append(SectionSummary(_section_title(s, len(in_ds) > 1), s.baseline, board.plain, len(s.runs),
+                                            adjusted.summary_lines(s)))
 
     stamp = (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
     head = [
@@ -368,6 +380,7 @@ def _json_payload(sections: list[Section], notes: tuple[str, ...], n_boot: int, 
                 "n_images": s.n_images,
                 "baseline": s.baseline,
                 "notes": s.notes,
+                "comparisons": adjusted.payload(s),
                 "runs": [_run_record(r) for r in s.runs],
                 "examples": _examples(s, *_picks_and_grid(s)),
             }

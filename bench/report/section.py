@@ -18,6 +18,7 @@ from bench.report.diagnostics import Cost, Degeneration, cost, degeneration, rec
 from bench.report.load import RunData
 from bench.report.meteor import JarStats
 from bench.report.tokens import RunTokens
+from bench.significance import holm
 
 HEADLINE = ("CIDEr", "CLIPScore", "RefCLIPScore", "BLEU-4", "METEOR", "ROUGE-L")
 P_METRICS = ("CIDEr", "CLIPScore")
@@ -36,6 +37,9 @@ class RunSummary:
     per_image: dict[str, np.ndarray]  # metric -> (N,) in the section's image order
     degeneration: Degeneration
     cost: Cost
+    # Holm-adjusted p-values: the family is every p-value of the leaderboard (each run against the
+    # baseline on each of P_METRICS), the comparisons a reader of the section makes at once.
+    p_holm: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -150,6 +154,9 @@ def _baseline_p_values(summaries: list[RunSummary], baseline: str | None, boot: 
             p = boot.p_value(r.name, base, m)
             if p is not None:
                 r.p[m] = p
+    family = [(r, m) for r in summaries if r.name != base for m in P_METRICS if m in r.p]
+    for (r, m), adjusted in zip(family, holm([r.p[m] for r, m in family])):
+        r.p_holm[m] = adjusted
     return base
 
 
