@@ -351,7 +351,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, body: dict[str, Any], request: ParsedRequest) -> bool:
         owner = self.owner
         if not self._authorised():
-            self._error(401, "invalid API key")
+            # Echoes the key given, as some proxies do: the client must scrub it from its errors.
+            given = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            self._error(401, f"Incorrect API key provided: {given}")
             return False
         if body.get("model") not in owner.model_ids:
             self._error(404, f"The model `{body.get('model')}` does not exist.")
