@@ -12,6 +12,7 @@ together; for pairs, the pair).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -97,7 +98,7 @@ class MetaResult:
 
 
 def _interval(samples: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.percentile(samples, [2.5, 97.5])
+    lo, hi = np.nanpercentile(samples, [2.5, 97.5])
     return float(lo), float(hi)
 
 
@@ -163,12 +164,16 @@ def _pairwise_rows(hset: HumanSet, scores: Mapping[str, np.ndarray], n_boot: int
     out = []
     for m, s in scores.items():
         a, b = s[hset.pair_a], s[hset.pair_b]
-        correct = pair_choice(a, b) == hset.label
+        # A pair with an unscored caption (NaN: a judge answer that never parsed) is left out.
+        correct = np.where(np.isfinite(a) & np.isfinite(b), (pair_choice(a, b) == hset.label).astype(float), np.nan)
         for c, draw in draws.items():
             in_cat = correct[cats == c]
-            lo, hi = _interval(100.0 * in_cat[draw].mean(axis=1))
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a resample without a scored pair
+                lo, hi = _interval(100.0 * np.nanmean(in_cat[draw], axis=1))
             ties = int((a == b)[cats == c].sum())
-            out.append(MetaRow(m, c, 100.0 * float(in_cat.mean()), lo, hi, len(in_cat), ties))
+            n = int(np.isfinite(in_cat).sum())
+            out.append(MetaRow(m, c, 100.0 * float(np.nanmean(in_cat)) if n else float("nan"), lo, hi, n, ties))
     if progress is not None:
         progress(n_boot)
     return out

@@ -284,12 +284,19 @@ def build_report(
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
     now: _dt.datetime | None = None,
+    judge: Any | None = None,
 ) -> ReportResult:
     """Write the comparison report of the finished runs under runs_root (see module doc).
 
-    `progress(section_title, done, total)` is called while bootstrapping.
+    `progress(section_title, done, total)` is called while bootstrapping. `judge` (a
+    bench.judge.JudgeSpec) adds the judge metric; off by default.
     """
     runs = _selected_runs(Path(runs_root), dataset, runs_glob, baseline, n_boot)
+    judge_notes: list[str] = []
+    if judge is not None:
+        from bench.report.judged import with_judge_scores
+
+        runs, judge_notes = with_judge_scores(runs, judge)
     tokens = tokenize_runs(runs)
     groups, mismatch = group_runs(runs)
     sections: list[Section] = []
@@ -297,6 +304,8 @@ def build_report(
         label = f"{group[0].dataset} ({len(group)} runs)"
         cb = None if progress is None else (lambda done, label=label: progress(label, done, n_boot))
         sections.append(analyse_section(group, tokens, baseline=baseline, n_boot=n_boot, seed=seed, progress=cb))
+        names = {r.run for r in group}  # the judge's own note, and those of this section's runs
+        sections[-1].notes[:0] = [n for n in judge_notes if n.startswith("CLAIR:") or n.split(":", 1)[0] in names]
 
     out = Path(out)
     written, summaries, datasets = _write_markdown(out, sections, mismatch, n_boot, seed, now)
@@ -307,6 +316,8 @@ def build_report(
         atomic_write_text(csv, buf.getvalue())
     if json_out is not None:
         payload = _json_payload(sections, notes, n_boot, seed)
+        if judge is not None:
+            payload["judge"] = judge.record()
         atomic_write_text(json_out, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     return ReportResult(out, csv, json_out, tuple(w.path for w in written), tuple(summaries), notes)
 

@@ -37,8 +37,11 @@ from bench.report.cider_tables import (  # noqa: F401  (corpus_* are part of thi
 from bench.report.meteor import corpus_meteor
 
 CORPUS_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr")
-MEAN_METRICS = ("ROUGE-L", "CLIPScore", "RefCLIPScore")
-ALL_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CLIPScore", "RefCLIPScore")
+MEAN_METRICS = ("ROUGE-L", "CLIPScore", "RefCLIPScore", "CLAIR")
+ALL_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CLIPScore", "RefCLIPScore", "CLAIR")
+# The judge metric (bench.judge) may have no score for some images (an answer that never parsed):
+# its mean is over the judged images of each resample, never with the missing ones as 0.
+PARTIAL_METRICS = ("CLAIR",)
 
 
 # --- resampling --------------------------------------------------------------------------------
@@ -54,7 +57,7 @@ def resample_counts(n_images: int, n_boot: int, seed: int) -> np.ndarray:
 def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of bootstrap samples."""
     tail = (1.0 - level) / 2.0 * 100.0
-    lo, hi = np.percentile(samples, [tail, 100.0 - tail])
+    lo, hi = np.nanpercentile(samples, [tail, 100.0 - tail])  # NaN: a resample with no judged image
     return float(lo), float(hi)
 
 
@@ -207,6 +210,12 @@ def _other_samples(run: RunInput, all_counts: np.ndarray) -> dict[str, np.ndarra
         out["METEOR"] = corpus_meteor(stats, countsf)
     for metric in MEAN_METRICS:
         s = np.asarray(run.per_image.get(metric, ()), dtype=np.float64)
-        if s.shape == (n,) and np.all(np.isfinite(s)):
+        if s.shape != (n,):
+            continue
+        ok = np.isfinite(s)
+        if ok.all():
             out[metric] = countsf @ s / n
+        elif metric in PARTIAL_METRICS and ok.any():
+            with np.errstate(invalid="ignore", divide="ignore"):  # a resample of unjudged images only: NaN
+                out[metric] = (countsf @ np.where(ok, s, 0.0)) / (countsf @ ok.astype(np.float64))
     return out

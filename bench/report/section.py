@@ -20,8 +20,8 @@ from bench.report.meteor import JarStats
 from bench.report.tokens import RunTokens
 from bench.significance import holm
 
-HEADLINE = ("CIDEr", "CLIPScore", "RefCLIPScore", "BLEU-4", "METEOR", "ROUGE-L")
-P_METRICS = ("CIDEr", "CLIPScore")
+HEADLINE = ("CIDEr", "CLIPScore", "RefCLIPScore", "BLEU-4", "METEOR", "ROUGE-L", "CLAIR")
+P_METRICS = ("CIDEr", "CLIPScore", "CLAIR")  # CLAIR: only with a judge (bench compare --judge)
 _RECOMPUTED = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr", "ROUGE-L")
 _MISMATCH_TOL = 1e-6
 
@@ -130,7 +130,7 @@ def _bootstrap_inputs(
             pos = {image_id: k for k, image_id in enumerate(run.image_ids)}
             cands = tuple(tokens[run.run].captions[pos[i]] for i in image_ids)
             per_image: dict[str, np.ndarray] = {}
-            for metric in ("METEOR", "ROUGE-L", "CLIPScore", "RefCLIPScore"):
+            for metric in ("METEOR", "ROUGE-L", "CLIPScore", "RefCLIPScore", "CLAIR"):
                 values = [run.per_image.get(i, {}).get(metric) for i in image_ids]
                 if all(v is not None for v in values):
                     per_image[metric] = np.asarray(values, dtype=np.float64)

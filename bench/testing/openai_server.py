@@ -122,8 +122,9 @@ def parse_chat(body: dict[str, Any]) -> ParsedRequest:
                 texts.append(str(part.get("text", "")))
             else:
                 raise BadRequest(f"unsupported content part {part.get('type')!r}")
-    if image is None:
-        raise BadRequest("no image_url part")
+    if image is None and not texts:
+        raise BadRequest("no image_url part and no text")
+    image = image if image is not None else b""  # a text-only request (the judge metric)
     stop = body.get("stop") or ()
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     return ParsedRequest(image, image_first, " ".join(t.strip() for t in texts if t.strip()), system,
