@@ -93,7 +93,8 @@ class MetaResult:
 
     def best(self, aspect: str) -> MetaRow:
         """The metric that agrees best with people on this aspect (highest value; ties by name)."""
-        rows = [r for r in self.rows if r.aspect == aspect]
+        rows = [r for r in self.rows if r.aspect == aspect and r.value == r.value] or [
+            r for r in self.rows if r.aspect == aspect]  # NaN: a metric that scored nothing here
         return max(rows, key=lambda r: (r.value, r.metric))
 
 
