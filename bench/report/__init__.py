@@ -26,7 +26,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.io import atomic_write_text
-from bench.report import adjusted
+from bench.report import adjusted, judged
 from bench.report import figures as figs
 from bench.report.bootstrap import ALL_METRICS
 from bench.report.diagnostics import Cost
@@ -259,12 +259,7 @@ def _method_md(n_boot: int, seed: int) -> str:
         "ROUGE-L, CLIPScore and RefCLIPScore, whose corpus values are means of per-image scores, as the "
         "mean over the resampled images. "
         "p: two-sided paired bootstrap p-value against the section's baseline on the same resamples, "
-        "(1 + #{|d_b - d| >= |d|}) / (B + 1). Holm p: the same p-value adjusted by Holm's step-down "
-        "method over every comparison of the section's leaderboard (each run against the baseline on "
-        "CIDEr and CLIPScore), so that the chance of any false win stays at 5%; a raw win (above the "
-        "baseline, p < 0.05) reads (holds) or (lost) after the adjustment. Detectable difference: "
-        "(1.96 + 0.84) x the standard deviation of the bootstrap paired differences, the smallest true "
-        "difference this many images find at p < 0.05 four times in five. Bold: the best value of a column. Runs are only compared "
+        f"(1 + #{{|d_b - d| >= |d|}}) / (B + 1). {adjusted.METHOD} Bold: the best value of a column. Runs are only compared "
         "within a section (same dataset, split fingerprint and images). Degeneration is measured on "
         "PTB-tokenized captions: a caption repeats if a word 3-gram occurs twice or a word 3+ times in "
         "a row; distinct-n is distinct n-grams over all n-grams of the run.\n"
@@ -293,10 +288,8 @@ def build_report(
     """
     runs = _selected_runs(Path(runs_root), dataset, runs_glob, baseline, n_boot)
     judge_notes: list[str] = []
-    if judge is not None:
-        from bench.report.judged import with_judge_scores
-
-        runs, judge_notes = with_judge_scores(runs, judge)
+    if judge is not None:  # the judge metric, off by default
+        runs, judge_notes = judged.with_judge_scores(runs, judge)
     tokens = tokenize_runs(runs)
     groups, mismatch = group_runs(runs)
     sections: list[Section] = []

@@ -21,6 +21,16 @@ from bench.report.section import HEADLINE, P_METRICS, Section
 from bench.significance import ALPHA, POWER, detectable_difference
 
 
+METHOD = (
+    "Holm p: the same p-value adjusted by Holm's step-down method over every comparison of the "
+    "section's leaderboard (each run against the baseline on CIDEr and CLIPScore, and CLAIR with a "
+    "judge), so that the chance of any false win stays at 5%; a raw win (above the baseline, "
+    "p < 0.05) reads (holds) or (lost) after the adjustment. Detectable difference: (1.96 + 0.84) x "
+    "the standard deviation of the bootstrap paired differences, the smallest true difference this "
+    "many images find at p < 0.05 four times in five."
+)
+
+
 @dataclass(frozen=True)
 class Comparison:
     run: str
