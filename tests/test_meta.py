@@ -108,6 +108,19 @@ def test_flickr8k_tau_c_matches_a_hand_count_on_a_subset(tmp_path: Path) -> None
     human = list(hset.human["rating"])
     for metric in ("BLEU-1", "BLEU-4", "ROUGE-L"):
         assert result.row(metric, "rating").value == pytest.approx(100 * hand_tau(list(scores[metric]), human, "c"), abs=1e-9)
+    # The lead of the best metric: paired (the same resamples for every metric), so it is exactly
+    # the difference of the two metrics' bootstrap values resample by resample.
+    margin = result.margins["rating"]
+    ranked = sorted(result.metrics, key=lambda m: -result.row(m, "rating").value)
+    assert (margin.best, margin.runner_up) == tuple(ranked[:2]) == (result.best("rating").metric, ranked[1])
+    from scipy.stats import kendalltau
+
+    h = hset.human["rating"]
+    diffs = [100 * (kendalltau(scores[ranked[0]][r], h[r], variant="c").statistic
+                    - kendalltau(scores[ranked[1]][r], h[r], variant="c").statistic)
+             for r in group_resamples(hset.groups, 30, seed=1)]
+    assert (margin.lo, margin.hi) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
+    assert margin.settled == (margin.lo > 0)
 
 
 @needs_data

@@ -74,6 +74,21 @@ class MetaRow:
     ties: int = 0  # pairs the metric scores equal (pairwise only)
 
 
+@dataclass(frozen=True)
+class Margin:
+    """How far the best metric of an aspect leads the runner-up, on the same resamples (paired)."""
+
+    best: str
+    runner_up: str
+    diff: float
+    lo: float
+    hi: float
+
+    @property
+    def settled(self) -> bool:
+        return self.lo > 0
+
+
 @dataclass
 class MetaResult:
     benchmark: str
@@ -87,6 +102,7 @@ class MetaResult:
     aspects: tuple[str, ...]
     rows: list[MetaRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    margins: dict[str, Margin] = field(default_factory=dict)
 
     def row(self, metric: str, aspect: str) -> MetaRow:
         return next(r for r in self.rows if r.metric == metric and r.aspect == aspect)
@@ -121,14 +137,23 @@ def evaluate(
     result = MetaResult(spec.name, spec.statistic, spec.protocol, hset.n_rows, hset.n_images, n_boot, seed,
                         metrics, aspects)
     if spec.kind == "pairwise":
-        result.rows = _pairwise_rows(hset, scores, n_boot, seed, progress)
+        result.rows, samples = _pairwise_rows(hset, scores, n_boot, seed, progress)
     else:
-        result.rows = _correlation_rows(hset, spec.statistic, scores, n_boot, seed, progress)
+        result.rows, samples = _correlation_rows(hset, spec.statistic, scores, n_boot, seed, progress)
+    for a in aspects:
+        ranked = sorted((r for r in result.rows if r.aspect == a and r.value == r.value), key=lambda r: (-r.value, r.metric))
+        if len(ranked) >= 2:
+            first, second = ranked[0], ranked[1]
+            lo, hi = _interval(samples[(first.metric, a)] - samples[(second.metric, a)])
+            result.margins[a] = Margin(first.metric, second.metric, first.value - second.value, lo, hi)
     return result
 
 
+Samples = dict[tuple[str, str], np.ndarray]  # (metric, aspect) -> bootstrap values, same resamples
+
+
 def _correlation_rows(hset: HumanSet, statistic: str, scores: Mapping[str, np.ndarray], n_boot: int, seed: int,
-                      progress: Callable[[int], None] | None) -> list[MetaRow]:
+                      progress: Callable[[int], None] | None) -> tuple[list[MetaRow], Samples]:
     # A row a metric could not score (a judge answer that never parsed) is NaN: left out of that
     # metric's statistic, never counted as a low score.
     scores = {m: s for m, s in scores.items()}
@@ -147,7 +172,7 @@ def _correlation_rows(hset: HumanSet, statistic: str, scores: Mapping[str, np.nd
             lo, hi = _interval(samples[(m, a)])
             ok = np.isfinite(s)
             out.append(MetaRow(m, a, correlation(s[ok], human[ok], statistic), lo, hi, int(ok.sum())))
-    return out
+    return out, samples
 
 
 def _finite_correlation(s: np.ndarray, h: np.ndarray, statistic: str) -> float:
@@ -156,13 +181,13 @@ def _finite_correlation(s: np.ndarray, h: np.ndarray, statistic: str) -> float:
 
 
 def _pairwise_rows(hset: HumanSet, scores: Mapping[str, np.ndarray], n_boot: int, seed: int,
-                   progress: Callable[[int], None] | None) -> list[MetaRow]:
+                   progress: Callable[[int], None] | None) -> tuple[list[MetaRow], Samples]:
     assert hset.pair_a is not None and hset.pair_b is not None and hset.label is not None
     cats = np.asarray(hset.category)
     rng = np.random.default_rng(seed)
     draws = {c: rng.integers(0, int((cats == c).sum()), size=(n_boot, int((cats == c).sum())))
              for c in dict.fromkeys(hset.category)}
-    out = []
+    out, samples = [], {}
     for m, s in scores.items():
         a, b = s[hset.pair_a], s[hset.pair_b]
         # A pair with an unscored caption (NaN: a judge answer that never parsed) is left out.
@@ -171,10 +196,11 @@ def _pairwise_rows(hset: HumanSet, scores: Mapping[str, np.ndarray], n_boot: int
             in_cat = correct[cats == c]
             with np.errstate(invalid="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a resample without a scored pair
-                lo, hi = _interval(100.0 * np.nanmean(in_cat[draw], axis=1))
+                samples[(m, c)] = 100.0 * np.nanmean(in_cat[draw], axis=1)
+            lo, hi = _interval(samples[(m, c)])
             ties = int((a == b)[cats == c].sum())
             n = int(np.isfinite(in_cat).sum())
             out.append(MetaRow(m, c, 100.0 * float(np.nanmean(in_cat)) if n else float("nan"), lo, hi, n, ties))
     if progress is not None:
         progress(n_boot)
-    return out
+    return out, samples

@@ -56,14 +56,20 @@ def frame(result: MetaResult, bold: bool = True) -> pd.DataFrame:
 
 
 def best_lines(result: MetaResult) -> list[str]:
-    """'On <benchmark> <aspect>, <metric> agrees best with people (<value>).' per aspect."""
+    """Per aspect: the metric that agrees best with people, and whether its lead over the
+    runner-up is settled (the paired bootstrap interval of the difference excludes 0)."""
     label = statistic_label(result.statistic)
-    return [
-        f"On {result.benchmark} ({a}), {b.metric} agrees best with people: {label} "
-        f"{fmt(b.value, b.lo, b.hi, _digits(result))}."
-        for a in result.aspects
-        for b in [result.best(a)]
-    ]
+    lines = []
+    for a in result.aspects:
+        b = result.best(a)
+        line = f"On {result.benchmark} ({a}), {b.metric} agrees best with people: {label} {fmt(b.value, b.lo, b.hi, _digits(result))}"
+        margin = result.margins.get(a)
+        if margin is not None:
+            verdict = "settled" if margin.settled else "not settled: the interval includes 0"
+            line += (f"; ahead of {margin.runner_up} by {margin.diff:.{_digits(result)}f} "
+                     f"[{margin.lo:.1f}, {margin.hi:.1f}] (paired bootstrap), {verdict}")
+        lines.append(line + ".")
+    return lines
 
 
 def markdown(result: MetaResult, figure: Path | None, out: Path) -> str:
@@ -96,6 +102,8 @@ def markdown(result: MetaResult, figure: Path | None, out: Path) -> str:
 def payload(result: MetaResult) -> dict:
     body = asdict(result)
     body["best"] = {a: result.best(a).metric for a in result.aspects}
+    for a, margin in result.margins.items():
+        body["margins"][a]["settled"] = margin.settled
     return body
 
 
