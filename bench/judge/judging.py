@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ def _requests(spec: JudgeSpec, items: dict[str, tuple[str, list[str]]], attempt:
 
 
 def _ask(spec: JudgeSpec, items: dict[str, tuple[str, list[str]]], cache: Path, judged: Judged,
-         answers: dict[str, dict[str, Any]]) -> None:
+         answers: dict[str, dict[str, Any]], advance: Callable[[Any], None] | None) -> None:
     """Ask for every item, re-asking unusable answers; fill `answers` and append to the cache."""
     from bench.served.client import ClientConfig, RetryPolicy, run_chats
 
@@ -109,7 +110,7 @@ def _ask(spec: JudgeSpec, items: dict[str, tuple[str, list[str]]], cache: Path, 
         if not pending:
             return
         judged.n_requests += len(pending)
-        results = run_chats(config, _requests(spec, pending, attempt))
+        results = run_chats(config, _requests(spec, pending, attempt), on_result=advance)
         cache.parent.mkdir(parents=True, exist_ok=True)
         again: dict[str, tuple[str, list[str]]] = {}
         new: list[dict[str, Any]] = []
@@ -132,10 +133,24 @@ def _ask(spec: JudgeSpec, items: dict[str, tuple[str, list[str]]], cache: Path, 
         pending = again
 
 
+@contextmanager
+def _bar(enabled: bool, label: str) -> Iterator[Callable[[Any], None] | None]:
+    """A rich bar on stderr counting answers as they arrive (retries included)."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda _result: bar.advance(task)
+
+
 def judge_rows(spec: JudgeSpec, candidates: Sequence[str], references: Sequence[Sequence[str]],
                progress: bool = False) -> Judged:
     """Judge every (candidate, references) row; see the module doc for caching and counting."""
-    del progress  # the client reports per request; a bar over thousands of short requests is noise
     keys = [cache_key(spec, c, r) for c, r in zip(candidates, references)]
     cache = cache_file(spec)
     answers = {rec["key"]: rec for rec in read_records(cache, repair=True) if "key" in rec}
@@ -144,7 +159,8 @@ def judge_rows(spec: JudgeSpec, candidates: Sequence[str], references: Sequence[
     judged.n_cached = sum(1 for k in wanted if k in answers)
     items = {k: (c, list(r)) for k, c, r in zip(keys, candidates, references) if k not in answers}
     if items:
-        _ask(spec, items, cache, judged, answers)
+        with _bar(progress, f"judge {spec.name}") as advance:
+            _ask(spec, items, cache, judged, answers, advance)
     for k in wanted:
         rec = answers.get(k)
         if rec is not None and not rec["ok"]:

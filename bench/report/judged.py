@@ -5,6 +5,7 @@ every mean metric."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ def with_judge_scores(runs: Sequence[RunData], spec: Any) -> tuple[list[RunData]
     ]
     out = []
     for run in runs:
-        judged = judge_rows(spec, run.captions, [list(r) for r in run.refs])
+        judged = judge_rows(spec, run.captions, [list(r) for r in run.refs], progress=sys.stderr.isatty())
         per_image = {i: dict(run.per_image.get(i, {})) for i in run.image_ids}
         for image_id, score in zip(run.image_ids, judged.scores):
             per_image[image_id][METRIC] = float(score)
