@@ -190,7 +190,9 @@ def test_judge_metric_in_bench_compare_with_intervals_and_paired_tests(tmp_path:
     build_report(root, tmp_path / "r2.md", n_boot=50, judge=spec)
     assert server.stats.requests == before  # the second report is served from the cache
     plain = build_report(root, tmp_path / "r3.md", json_out=tmp_path / "r3.json", n_boot=50)
-    assert "CLAIR" not in plain.markdown.read_text()  # off by default
+    off = json.loads((tmp_path / "r3.json").read_text())
+    assert "judge" not in off and all("CLAIR" not in r["metrics"] for r in off["sections"][0]["runs"])  # off by default
+    assert "| CLAIR" not in plain.markdown.read_text() and "Holm p CLAIR" not in plain.markdown.read_text()
 
 
 def test_bench_meta_has_a_judge_row_when_a_judge_is_configured(tmp_path: Path, server, capsys) -> None:
