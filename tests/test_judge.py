@@ -217,3 +217,24 @@ def test_bench_meta_has_a_judge_row_when_a_judge_is_configured(tmp_path: Path, s
         agree = sum(int(b > a) == p["label"] for (a, b), p in zip(length, sub[cat]))  # a tie picks the first
         assert r["value"] == pytest.approx(100 * agree / 6) and r["n"] == 6
     assert "CLAIR" in out
+
+
+def test_a_wrong_endpoint_or_model_is_a_one_line_error_before_any_judgement(tmp_path: Path, server) -> None:
+    spec = load_judge(judge_file(tmp_path, server.base_url, model="other-model"))
+    with pytest.raises(BenchError, match=r"test_judge.toml: field 'model': 'other-model' is not served .*judge-model"):
+        judge_rows(spec, ["good 10"], [REFS])
+    assert server.stats.requests == 0  # only GET /models, no chat request
+    spec = load_judge(judge_file(tmp_path, "http://bench-tests.invalid/v1", timeout_s=2.0))
+    with pytest.raises(BenchError, match=r"test_judge.toml: field 'base_url': http://bench-tests.invalid/v1 did not answer"):
+        judge_rows(spec, ["good 10"], [REFS])
+
+
+def test_a_rejected_key_names_api_key_env_and_never_shows_the_key(tmp_path: Path, server, monkeypatch) -> None:
+    server.api_key = "sk-right"
+    monkeypatch.setenv("BENCH_TEST_JUDGE_KEY", "sk-wrong-secret")
+    spec = load_judge(judge_file(tmp_path, server.base_url, api_key_env="BENCH_TEST_JUDGE_KEY"))
+    with pytest.raises(BenchError, match=r"field 'api_key_env'") as caught:
+        judge_rows(spec, ["good 10"], [REFS])
+    assert "sk-wrong-secret" not in str(caught.value)
+    monkeypatch.setenv("BENCH_TEST_JUDGE_KEY", "sk-right")
+    assert judge_rows(spec, ["good 10"], [REFS]).scores[0] == pytest.approx(0.1)

@@ -105,6 +105,7 @@ def _ask(spec: JudgeSpec, items: dict[str, tuple[str, list[str]]], cache: Path, 
 
     config = ClientConfig(base_url=spec.base_url, api_key=spec.api_key(), timeout_s=spec.timeout_s,
                           max_concurrency=spec.max_concurrency, retry=RetryPolicy(max_retry_s=spec.max_retry_s))
+    preflight(spec, config)
     pending = dict(items)
     for attempt in range(spec.parse_retries + 1):
         if not pending:
@@ -131,6 +132,24 @@ def _ask(spec: JudgeSpec, items: dict[str, tuple[str, list[str]]], cache: Path, 
             new.append(rec)
         append_records(cache, new)
         pending = again
+
+
+def preflight(spec: JudgeSpec, config: Any) -> None:
+    """One GET /models before any judgement: a wrong URL, key or model is a one-line error naming
+    the judge file's field, not minutes of retries."""
+    from bench.errors import BenchError
+    from bench.served.client import EndpointError, list_models
+
+    try:
+        ids = list_models(config)
+    except EndpointError as exc:
+        field = "api_key_env" if exc.status in (401, 403) else "base_url"
+        raise BenchError(f"{spec.path}: field {field!r}: {spec.base_url} refused the judge ({exc})") from None
+    except BenchError as exc:
+        raise BenchError(f"{spec.path}: field 'base_url': {spec.base_url} did not answer ({exc})") from None
+    if spec.model not in ids:
+        raise BenchError(f"{spec.path}: field 'model': {spec.model!r} is not served at {spec.base_url} "
+                         f"(it serves {', '.join(ids) or 'no model'})")
 
 
 @contextmanager
