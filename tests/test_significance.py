@@ -97,3 +97,17 @@ def test_detectable_difference_has_80_percent_power(n_images: int) -> None:
         hits += p < ALPHA
     print(f"power at the detectable difference, {n_images} images: {hits / n_splits:.3f}")
     assert 0.72 <= hits / n_splits <= 0.88, hits / n_splits
+
+
+def test_the_demo_verdict_prints_the_detectable_difference_beside_it() -> None:
+    from bench.demo.verdict import verdict_from_report
+
+    runs = [{"run": f"{s}/{b}", "kind": k, "setting": s, "backend": b, "metrics": {"CIDEr": {"value": v, "lo": v - 0.1, "hi": v + 0.1}}}
+            for s, b, k, v in (("z", "llava", "zero-shot", 0.3), ("a", "x", "lora", 0.8), ("b", "x", "lora", 0.9))]
+    section = {"runs": runs, "comparisons": {"detectable": {"power": 0.8, "metrics": [
+        {"metric": "CIDEr", "n_images": 100, "value": 0.1234}, {"metric": "BLEU-4", "n_images": 100, "value": 0.01}]}}}
+    lines = verdict_from_report({"sections": [section]}).lines
+    assert lines[-1] == "With 100 images, CIDEr differences under 0.1234 are not detectable (80% power)"
+    assert not any("BLEU-4" in line for line in lines)
+    del section["comparisons"]  # a report from before this figure existed: the verdict as it was
+    assert len(verdict_from_report({"sections": [section]}).lines) == 2

@@ -51,4 +51,9 @@ def verdict_from_report(payload: dict[str, Any]) -> Verdict:
         f"{b}: " + " vs ".join(f"{s} {c:.3f}" for s, c in sorted(v.items())) for b, v in sorted(by_backend.items())
     )
     lines.append(f"The LoRA settings differ on CIDEr: {'yes' if differ else 'no'} ({detail})")
+    # What the split could have told apart, next to the verdict it qualifies (bench compare's figure).
+    detectable = payload["sections"][0].get("comparisons", {}).get("detectable", {}).get("metrics", [])
+    lines += [f"With {d['n_images']:,} images, CIDEr differences under {d['value']:.4f} are not detectable "
+              f"({100 * payload['sections'][0]['comparisons']['detectable']['power']:.0f}% power)"
+              for d in detectable if d["metric"] == "CIDEr"]
     return Verdict(beats, differ, tuple(lines))
