@@ -40,12 +40,18 @@ JudgeOption = Annotated[
 def _print(console: Console, result) -> None:  # noqa: ANN001 - MetaResult, imported lazily
     from bench.meta.report import best_lines, frame, statistic_label
 
-    table = RichTable(title=f"{result.benchmark}: {statistic_label(result.statistic)}", title_justify="left")
     board = frame(result, bold=False)
+    cells = [[str(v) for v in row] for row in board.itertuples(index=False)]
+    widths = [max([len(str(c))] + [len(r[k]) for r in cells]) for k, c in enumerate(board.columns)]
+    with_ci = sum(widths) + 3 * len(widths) + 1 <= console.width  # else values only; CIs in the report
+    if not with_ci:
+        cells = [[c.split(" [")[0] for c in row] for row in cells]
+    note = "" if with_ci else " (95% intervals in the report)"
+    table = RichTable(title=f"{result.benchmark}: {statistic_label(result.statistic)}{note}", title_justify="left")
     for col in board.columns:
         table.add_column(str(col), justify="left" if col == "Metric" else "right")
-    for row in board.itertuples(index=False):
-        table.add_row(*[escape(str(v)) for v in row])
+    for row in cells:
+        table.add_row(*[escape(v) for v in row])
     console.print(table)
     for line in best_lines(result):
         console.print(escape(line), highlight=False, soft_wrap=True)
