@@ -58,6 +58,28 @@ def judge_file(folder: Path, base_url: str, **fields) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _text_only_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loopback server parses VLM requests (one image each); a judge request is text only. It
+    is parsed here as the server parses a request whose image is empty bytes."""
+    from bench.testing import openai_server
+
+    original = openai_server.parse_chat
+
+    def parse(body):
+        has_image = any(isinstance(m.get("content"), list) and any(p.get("type") == "image_url" for p in m["content"])
+                        for m in body.get("messages") or [] if isinstance(m, dict))
+        if has_image:
+            return original(body)
+        stand_in = {"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}
+        messages = [dict(m) for m in body["messages"]]
+        user = next(m for m in messages if m.get("role") == "user")
+        user["content"] = [{"type": "text", "text": user["content"]}, stand_in]
+        return original({**body, "messages": messages})
+
+    monkeypatch.setattr(openai_server, "parse_chat", parse)
+
+
 @pytest.fixture()
 def server():
     script = Script()

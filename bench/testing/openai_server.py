@@ -122,11 +122,11 @@ def parse_chat(body: dict[str, Any]) -> ParsedRequest:
                 texts.append(str(part.get("text", "")))
             else:
                 raise BadRequest(f"unsupported content part {part.get('type')!r}")
-    if image is None and not texts:  # a text-only request (the judge metric) has no image
-        raise BadRequest("no image_url part and no text")
+    if image is None:
+        raise BadRequest("no image_url part")
     stop = body.get("stop") or ()
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    return ParsedRequest(image or b"", image_first, " ".join(t.strip() for t in texts if t.strip()), system,
+    return ParsedRequest(image, image_first, " ".join(t.strip() for t in texts if t.strip()), system,
                          int(max_tokens) if max_tokens is not None else None,
                          (stop,) if isinstance(stop, str) else tuple(stop))
 
