@@ -174,7 +174,7 @@ def test_judge_settings_are_checked(tmp_path: Path) -> None:
 def test_judge_metric_in_bench_compare_with_intervals_and_paired_tests(tmp_path: Path, server, monkeypatch) -> None:
     from bench.report import build_report
     from bench.report.bootstrap import resample_counts
-    from bench.report.testing import write_run
+    from bench.testing.run_folders import write_run
 
     n, n_boot = 12, 200
     samples = [{"image_id": f"img{k}", "path": "", "refs": REFS} for k in range(n)]

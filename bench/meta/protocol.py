@@ -30,7 +30,7 @@ def score_rows(hset: HumanSet, scorer_metrics: Sequence[str] = ("bleu", "meteor"
                progress: bool = True) -> dict[str, np.ndarray]:
     """Per-row scores of the text metrics from bench's Scorer on the WHOLE set in one call, one id
     per row: CIDEr's document frequencies come from every row's references, as in the papers."""
-    from bench.scoring import Scorer
+    from bench.scoring.scorer import Scorer
 
     preds = {str(i): c for i, c in enumerate(hset.candidates)}
     refs = {str(i): r for i, r in enumerate(hset.refs)}

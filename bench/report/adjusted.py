@@ -2,7 +2,7 @@
 adjustment, and how large a difference its images could detect.
 
 The family of comparisons is the leaderboard's: every run against the section's baseline on each
-of P_METRICS (the Holm-adjusted values are `RunSummary.p_holm`, filled by `section`). A win is a
+of the p-value metrics (the Holm-adjusted values are `RunSummary.p_holm`, filled by `section`). A win is a
 run scoring above the baseline with p < 0.05; it survives when its Holm-adjusted p is < 0.05
 too. Detectable differences come from the bootstrap distribution of each run's paired
 differences with the baseline (`bench.significance.detectable_difference`), summarised per metric
@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from bench.report.markdown import cell
-from bench.report.section import HEADLINE, P_METRICS, Section
+from bench.report.section import Section
+from bench.scoring.metrics import p_value_keys
 from bench.significance import ALPHA, POWER, detectable_difference
 
 
@@ -63,7 +64,7 @@ def comparisons(section: Section) -> list[Comparison]:
     return [
         Comparison(r.name, m, r.values[m] - base.values[m], r.p[m], r.p_holm[m])
         for r in section.runs
-        for m in P_METRICS
+        for m in p_value_keys()
         if m in r.p_holm and m in r.values and m in base.values
     ]
 
@@ -75,7 +76,7 @@ def detectable(section: Section) -> list[Detectable]:
         return []
     base = boot.samples.get(section.baseline, {})
     out = []
-    for m in section.metrics_present(HEADLINE):
+    for m in section.metrics_present():
         values = [
             detectable_difference(boot.samples[r.name][m] - base[m])
             for r in section.runs
@@ -98,7 +99,7 @@ def summary_lines(section: Section) -> tuple[str, ...]:
         return ()
     wins = [c for c in found if c.win]
     lines = [f"{len(found)} comparisons; wins at p < {ALPHA:g}: {len(wins)}, after Holm: {sum(c.survives for c in wins)}"]
-    lines += [detectable_line(d) for d in detectable(section) if d.metric in P_METRICS]
+    lines += [detectable_line(d) for d in detectable(section) if d.metric in p_value_keys()]
     return tuple(lines)
 
 
@@ -113,7 +114,7 @@ def markdown(section: Section) -> str:
     kept = [c for c in wins if c.survives]
     lines.append(
         f"{len(found)} comparisons against the baseline in this section ({len(found) // max(1, len({c.metric for c in found}))} "
-        f"runs x {', '.join(sorted({c.metric for c in found}, key=P_METRICS.index))}); Holm-adjusted p-values "
+        f"runs x {', '.join(sorted({c.metric for c in found}, key=p_value_keys().index))}); Holm-adjusted p-values "
         f"(columns \"Holm p\") keep the chance of any false win at {ALPHA:.0%}. "
         f"Wins (above the baseline, p < {ALPHA:g}): {len(wins)}; surviving the adjustment: {len(kept)}"
         + (": " + ", ".join(f"{cell(c.run, 60)} on {c.metric}" for c in kept) if kept else "")
@@ -131,7 +132,7 @@ def markdown(section: Section) -> str:
 def payload(section: Section) -> dict[str, Any]:
     found = comparisons(section)
     return {
-        "family": "every run against the baseline on " + ", ".join(P_METRICS),
+        "family": "every run against the baseline on " + ", ".join(p_value_keys()),
         "n_comparisons": len(found),
         "alpha": ALPHA,
         "comparisons": [{**asdict(c), "win": c.win, "survives": c.survives} for c in found],

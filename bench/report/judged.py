@@ -14,10 +14,13 @@ import numpy as np
 from bench.report.load import RunData
 
 
-def with_judge_scores(runs: Sequence[RunData], spec: Any) -> tuple[list[RunData], list[str]]:
-    """The runs with the judge's per-image scores (NaN where it gave none) and mean, plus notes."""
+def with_judge_scores(runs: Sequence[RunData], spec: Any | None) -> tuple[list[RunData], list[str]]:
+    """The runs with the judge's per-image scores (NaN where it gave none) and mean, plus notes;
+    the runs as they are without a judge."""
     from bench.judge import METRIC, judge_rows
 
+    if spec is None:
+        return list(runs), []
     record = spec.record()
     notes = [
         f"{METRIC}: judge {record['judge']} (model {record['model']}, prompt {record['prompt']} version "
@@ -36,3 +39,14 @@ def with_judge_scores(runs: Sequence[RunData], spec: Any) -> tuple[list[RunData]
         out.append(dataclasses.replace(run, per_image=per_image, metrics=metrics))
         notes += [f"{run.run}: {n}" for n in judged.notes]
     return out, notes
+
+
+def section_notes(notes: Sequence[str], group: Sequence[RunData]) -> list[str]:
+    """The judge's own note and the notes of this section's runs."""
+    names = {r.run for r in group}
+    return [n for n in notes if n.startswith("CLAIR:") or n.split(":", 1)[0] in names]
+
+
+def payload(spec: Any | None) -> dict[str, Any]:
+    """The judge's record for the report's JSON (nothing without a judge)."""
+    return {} if spec is None else {"judge": spec.record()}
