@@ -69,6 +69,7 @@ def test_demo_prints_the_table_the_verdict_and_the_report_path(demo_run: DemoRun
     stdout = demo_run.stdout
     assert "LoRA beats zero-shot on CIDEr with non-overlapping 95% CIs: yes" in stdout
     assert "The LoRA settings differ on CIDEr: yes" in stdout
+    assert "CIDEr differences under" in stdout  # the detectable difference beside the verdict
     assert f"report: {demo_run.out}" in stdout
     for run in demo_run.payload["sections"][0]["runs"]:
         assert run["run"] in stdout  # every run is a row of the terminal table

@@ -343,3 +343,47 @@ def test_every_interval_contains_its_value(report):
                     assert m["lo"] <= m["value"] <= m["hi"], (run["run"], name, m)
                     checked += 1
     assert 0 < checked <= len(cells)  # the markdown repeats some cells across its tables
+
+
+def test_holm_p_values_and_detectable_differences_in_the_report(report):
+    from bench.significance import holm
+
+    result, md, data = report
+    section = data["sections"][0]
+    base = section["baseline"]
+    others = [r for r in section["runs"] if r["run"] != base]
+    family = [(r["run"], m) for r in others for m in ("CIDEr", "CLIPScore")]
+    comps = section["comparisons"]
+    assert comps["n_comparisons"] == len(family) == 6
+    raw = [next(r for r in others if r["run"] == run)["metrics"][m]["p_vs_baseline"] for run, m in family]
+    adjusted = [next(r for r in others if r["run"] == run)["metrics"][m]["p_holm"] for run, m in family]
+    assert adjusted == pytest.approx(holm(raw)) and all(a >= p for a, p in zip(adjusted, raw))
+    for c in comps["comparisons"]:
+        assert c["survives"] == (c["win"] and c["p_holm"] < 0.05)
+
+    parts = _sections(md)
+    trust = parts["How far to trust the differences"]
+    assert "6 comparisons against the baseline in this section (3 runs x CIDEr, CLIPScore)" in trust
+    detect = {d["metric"]: d for d in comps["detectable"]["metrics"]}
+    assert set(detect) >= {"CIDEr", "CLIPScore", "BLEU-4"} and all(d["n_comparisons"] == 3 for d in detect.values())
+    assert f"With {N_IMAGES} images, CIDEr differences under {detect['CIDEr']['value']:.4f} are not detectable" in trust
+    assert detect["CIDEr"]["low"] <= detect["CIDEr"]["value"] <= detect["CIDEr"]["high"]
+
+    assert any(line.startswith(f"With {N_IMAGES} images, CIDEr differences under") for line in result.sections[0].trust)
+
+
+@pytest.mark.parametrize("n_boot, survive", [(100, False), (400, True)])
+def test_wins_against_a_weak_baseline_hold_or_are_lost_after_holm(flickr_runs: Path, tmp_path: Path, n_boot, survive):
+    # Against the worst run every other run wins on CIDEr with the smallest p the resamples allow,
+    # 1/(B+1): x6 comparisons that is 0.059 (lost) with 100 resamples, 0.015 (holds) with 400.
+    result = build_report(flickr_runs, tmp_path / "r.md", json_out=tmp_path / "r.json", n_boot=n_boot,
+                          baseline="objects/llava")
+    section = json.loads(result.json.read_text())["sections"][0]
+    wins = [c for c in section["comparisons"]["comparisons"] if c["metric"] == "CIDEr" and c["win"]]
+    assert len(wins) == 3 and all(c["survives"] == survive for c in wins)
+    board = _table_rows(_sections(result.markdown.read_text())["Leaderboard (all runs)"])
+    col = board[0].index("Holm p CIDEr")
+    cells = {row[1]: row[col] for row in board[2:]}
+    assert cells["objects/llava"] == "baseline"
+    for c in wins:
+        assert cells[c["run"]].endswith("(holds)" if survive else "(lost)"), cells

@@ -48,6 +48,8 @@ def _leaderboard_table(s, console: Console) -> RichTable:  # noqa: ANN001 - Sect
 def _print_result(console: Console, result) -> None:  # noqa: ANN001 - ReportResult, imported lazily
     for s in result.sections:
         console.print(_leaderboard_table(s, console))
+        for line in s.trust:
+            console.print(escape(line), highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     console.print(f"report: {result.markdown}", highlight=False, soft_wrap=True)
@@ -89,12 +91,18 @@ def compare(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write everything as JSON (full caption text).")] = None,
     resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.", min=1)] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    judge: Annotated[Optional[str], typer.Option("--judge", help="Add the judge metric (CLAIR) of this judge setting (judges/NAME.toml or a path); off by default.")] = None,
 ) -> None:
     """Compare finished runs: a markdown report with CIs, p-values, cost, degeneration and figures."""
     from bench.report import build_report
 
     console = Console()
     root = runs_dir()
+    judge_spec = None
+    if judge is not None:
+        from bench.judge import load_judge
+
+        judge_spec = load_judge(judge)  # a bad judge file fails before any work
     targets, several = _report_targets(root, data, runs, baseline, out)
 
     err = Console(stderr=True)
@@ -121,6 +129,7 @@ def compare(
                     n_boot=resamples,
                     seed=seed,
                     progress=progress,
+                    judge=judge_spec,
                 )
             )
     for result in results:

@@ -66,6 +66,8 @@ def demo(
     for line in result.verdict.lines:
         ok = line.split(":", 1)[1].strip().startswith("yes")
         console.print(f"[{'green' if ok else 'yellow'}]{escape(line)}[/]", soft_wrap=True)
+    for line in result.verdict.caveats:
+        console.print(escape(line), soft_wrap=True)
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items())
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s ({steps})", soft_wrap=True)
     console.print(f"report: {escape(str(result.report))} (every table, the figures and the galleries)", soft_wrap=True)

@@ -12,7 +12,8 @@ from bench.errors import BenchError
 class Verdict:
     lora_beats_zero_shot: bool  # every LoRA run's CIDEr CI lies above every zero-shot run's
     lora_settings_differ: bool  # on each LoRA backend, the LoRA settings score different CIDEr
-    lines: tuple[str, ...]
+    lines: tuple[str, ...]  # one "claim: yes/no (evidence)" each
+    caveats: tuple[str, ...] = ()  # what the split could not tell apart (bench compare's figure)
 
 
 def verdict_from_report(payload: dict[str, Any]) -> Verdict:
@@ -51,4 +52,8 @@ def verdict_from_report(payload: dict[str, Any]) -> Verdict:
         f"{b}: " + " vs ".join(f"{s} {c:.3f}" for s, c in sorted(v.items())) for b, v in sorted(by_backend.items())
     )
     lines.append(f"The LoRA settings differ on CIDEr: {'yes' if differ else 'no'} ({detail})")
-    return Verdict(beats, differ, tuple(lines))
+    # What the split could have told apart, next to the verdict it qualifies (bench compare's figure).
+    detectable = payload["sections"][0].get("comparisons", {}).get("detectable", {})
+    caveats = tuple(f"With {d['n_images']:,} images, CIDEr differences under {d['value']:.4f} are not detectable "
+                    f"({100 * detectable['power']:.0f}% power)" for d in detectable.get("metrics", []) if d["metric"] == "CIDEr")
+    return Verdict(beats, differ, tuple(lines), caveats)

@@ -35,7 +35,7 @@ from bench.report.cider_tables import (  # noqa: F401  (corpus_* are part of thi
     ref_tables,
 )
 from bench.report.meteor import corpus_meteor
-from bench.scoring.metrics import keys_aggregated
+from bench.scoring.metrics import keys_aggregated, spec
 from bench.scoring.resample import (  # noqa: F401  (part of this module's API)
     paired_p_value,
     percentile_ci,
@@ -181,6 +181,12 @@ def _other_samples(run: RunInput, all_counts: np.ndarray) -> dict[str, np.ndarra
         out["METEOR"] = corpus_meteor(stats, countsf)
     for metric in keys_aggregated("mean"):
         s = np.asarray(run.per_image.get(metric, ()), dtype=np.float64)
-        if s.shape == (n,) and np.all(np.isfinite(s)):
+        if s.shape != (n,):
+            continue
+        ok = np.isfinite(s)
+        if ok.all():
             out[metric] = countsf @ s / n
+        elif spec(metric).judge and ok.any():  # the judged images of each resample only
+            with np.errstate(invalid="ignore", divide="ignore"):  # a resample of unjudged images only: NaN
+                out[metric] = (countsf @ np.where(ok, s, 0.0)) / (countsf @ ok.astype(np.float64))
     return out

@@ -27,6 +27,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.io import atomic_write_text
+from bench.report import adjusted, judged
 from bench.report import figures as figs
 from bench.report.diagnostics import Cost
 from bench.report.load import RunData, find_runs
@@ -48,6 +49,7 @@ class SectionSummary:
     baseline: str
     leaderboard: pd.DataFrame  # plain text cells, for the terminal
     n_runs: int
+    trust: tuple[str, ...] = ()  # wins after Holm, detectable differences (adjusted.summary_lines)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ def _section_md(section: Section, index: int, several: bool, out: Path, fig_dir:
                       "systems never do).\n")
             continue
         md.append(_md_table(t))
+        if t is tables[0]:
+            md.append(adjusted.markdown(section))  # under the leaderboard it qualifies
     prefix = f"s{index + 1}"
 
     md.append("### Figures\n")
@@ -212,6 +216,7 @@ def _run_record(r: RunSummary) -> dict[str, Any]:
                 "lo": r.ci[m][0] if m in r.ci else None,
                 "hi": r.ci[m][1] if m in r.ci else None,
                 "p_vs_baseline": r.p.get(m),
+                "p_holm": r.p_holm.get(m),
                 "recomputed": r.recomputed.get(m),
             }
             for m in metric_keys()
@@ -235,6 +240,7 @@ def _csv_rows(section: Section) -> list[dict[str, Any]]:
             row[m] = r.values.get(m)
             row[f"{m} lo"], row[f"{m} hi"] = r.ci.get(m, (None, None))
             row[f"{m} p"] = r.p.get(m)
+            row[f"{m} Holm p"] = r.p_holm.get(m)
         row.update({f"degeneration {k}": v for k, v in asdict(r.degeneration).items()})
         row.update({f"cost {k}": v for k, v in asdict(r.cost).items()})
         rows.append(row)
@@ -252,7 +258,7 @@ def _method_md(n_boot: int, seed: int) -> str:
         "ROUGE-L, CLIPScore and RefCLIPScore, whose corpus values are means of per-image scores, as the "
         "mean over the resampled images. "
         "p: two-sided paired bootstrap p-value against the section's baseline on the same resamples, "
-        "(1 + #{|d_b - d| >= |d|}) / (B + 1). Bold: the best value of a column. Runs are only compared "
+        f"(1 + #{{|d_b - d| >= |d|}}) / (B + 1). {adjusted.METHOD} Bold: the best value of a column. Runs are only compared "
         "within a section (same dataset, split fingerprint and images). Degeneration is measured on "
         "PTB-tokenized captions: a caption repeats if a word 3-gram occurs twice or a word 3+ times in "
         "a row; distinct-n is distinct n-grams over all n-grams of the run.\n"
@@ -272,12 +278,15 @@ def build_report(
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
     now: _dt.datetime | None = None,
+    judge: Any | None = None,
 ) -> ReportResult:
     """Write the comparison report of the finished runs under runs_root (see module doc).
 
-    `progress(section_title, done, total)` is called while bootstrapping.
+    `progress(section_title, done, total)` is called while bootstrapping. `judge` (a
+    bench.judge.JudgeSpec) adds the judge metric; off by default.
     """
     runs = _selected_runs(Path(runs_root), dataset, runs_glob, baseline, n_boot)
+    runs, judge_notes = judged.with_judge_scores(runs, judge)
     tokens = tokenize_runs(runs)
     groups, mismatch = group_runs(runs)
     sections: list[Section] = []
@@ -285,6 +294,7 @@ def build_report(
         label = f"{group[0].dataset} ({len(group)} runs)"
         cb = None if progress is None else (lambda done, label=label: progress(label, done, n_boot))
         sections.append(analyse_section(group, tokens, baseline=baseline, n_boot=n_boot, seed=seed, progress=cb))
+        sections[-1].notes[:0] = judged.section_notes(judge_notes, group)
 
     out = Path(out)
     written, summaries, datasets = _write_markdown(out, sections, mismatch, n_boot, seed, now)
@@ -295,6 +305,7 @@ def build_report(
         atomic_write_text(csv, buf.getvalue())
     if json_out is not None:
         payload = _json_payload(sections, notes, n_boot, seed)
+        payload.update(judged.payload(judge))
         atomic_write_text(json_out, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     return ReportResult(out, csv, json_out, tuple(w.path for w in written), tuple(summaries), notes)
 
@@ -336,7 +347,8 @@ def _write_markdown(
             k = sections.index(s)
             text, board = _section_md(s, k, len(in_ds) > 1, out, fig_dir, written)
             body.append(text)
-            summaries.append(SectionSummary(_section_title(s, len(in_ds) > 1), s.baseline, board.plain, len(s.runs)))
+            summaries.append(SectionSummary(_section_title(s, len(in_ds) > 1), s.baseline, board.plain, len(s.runs),
+                                            adjusted.summary_lines(s)))
 
     stamp = (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
     head = [
@@ -367,6 +379,7 @@ def _json_payload(sections: list[Section], notes: tuple[str, ...], n_boot: int, 
                 "n_images": s.n_images,
                 "baseline": s.baseline,
                 "notes": s.notes,
+                "comparisons": adjusted.payload(s),
                 "runs": [_run_record(r) for r in s.runs],
                 "examples": _examples(s, *_picks_and_grid(s)),
             }

@@ -18,7 +18,8 @@ from bench.report.diagnostics import Cost, Degeneration, cost, degeneration, rec
 from bench.report.load import RunData
 from bench.report.meteor import JarStats
 from bench.report.tokens import RunTokens
-from bench.scoring.metrics import headline_keys, keys_aggregated, metric_keys, recomputable_keys
+from bench.scoring.metrics import headline_keys, keys_aggregated, metric_keys, p_value_keys, recomputable_keys
+from bench.significance import holm
 
 _MISMATCH_TOL = 1e-6
 
@@ -34,6 +35,9 @@ class RunSummary:
     per_image: dict[str, np.ndarray]  # metric -> (N,) in the section's image order
     degeneration: Degeneration
     cost: Cost
+    # Holm-adjusted p-values: the family is every p-value of the leaderboard (each run against the
+    # baseline on each p-value metric), the comparisons a reader of the section makes at once.
+    p_holm: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -149,6 +153,9 @@ def _baseline_p_values(summaries: list[RunSummary], baseline: str | None, boot: 
             p = boot.p_value(r.name, base, m)
             if p is not None:
                 r.p[m] = p
+    family = [(r, m) for r in summaries if r.name != base for m in p_value_keys() if m in r.p]
+    for (r, m), adjusted in zip(family, holm([r.p[m] for r, m in family])):
+        r.p_holm[m] = adjusted
     return base
 
 

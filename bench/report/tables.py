@@ -16,6 +16,7 @@ import pandas as pd
 from bench.report.markdown import cell
 from bench.report.section import RunSummary, Section
 from bench.scoring.metrics import p_value_keys
+from bench.significance import ALPHA
 
 DASH = "—"
 
@@ -108,7 +109,19 @@ def _metric_cols(section: Section) -> list[_Col]:
     ]
     for m in section.metrics_present(p_value_keys()):
         cols.append(_Col(f"p {m}", lambda r, m=m: "baseline" if r.name == section.baseline else fmt_p(r.p.get(m))))
+        cols.append(_Col(f"Holm p {m}", lambda r, m=m: "baseline" if r.name == section.baseline else holm_text(section, r, m)))
     return cols
+
+
+def holm_text(section: Section, r: RunSummary, metric: str) -> str:
+    """The Holm-adjusted p, and on a raw win (above the baseline, p < 0.05) whether it holds."""
+    adjusted, p = r.p_holm.get(metric), r.p.get(metric)
+    if adjusted is None or p is None:
+        return DASH
+    diff = r.values.get(metric, 0.0) - section.run(section.baseline).values.get(metric, 0.0)
+    if diff > 0 and p < ALPHA:
+        return f"{fmt_p(adjusted)} ({'holds' if adjusted < ALPHA else 'lost'})"
+    return fmt_p(adjusted)
 
 
 def _text(name: str, get: Callable[[RunSummary], object], max_len: int = 48) -> _Col:

@@ -40,6 +40,10 @@ class MetricSpec:
     p_value: bool = False  # the report shows its paired p-value against the baseline
     # Recomputed by the report from the tokenized captions when a run did not record it.
     recomputable: bool = False
+    # Computed by bench.judge from a judge setting (`bench compare --judge`), never by the Scorer:
+    # not a --metrics family. Its per-image score may be missing (an answer that never parsed); the
+    # report's mean and every resample's mean are over the judged images only, never with a 0.
+    judge: bool = False
 
 
 _TEXT = "bench.scoring.text_metrics"
@@ -56,6 +60,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("CLIPScore", "clipscore", _CLIP, "CLIPScore", "0-2.5", "mean", needs_images=True, headline=2,
                p_value=True),
     MetricSpec("RefCLIPScore", "clipscore", _CLIP, "RefCLIPScore", "0-2.5", "mean", needs_images=True, headline=3),
+    MetricSpec("CLAIR", "judge", "bench.judge:judge_rows", "CLAIR (judge / 100)", "0-1", "mean", default=False,
+               headline=7, p_value=True, judge=True),
 )
 
 
@@ -78,12 +84,12 @@ def spec(key: str) -> MetricSpec:
 
 
 def families() -> tuple[str, ...]:
-    """The metric names --metrics and scoring.metrics accept, in canonical order."""
-    return tuple(dict.fromkeys(m.family for m in METRICS))
+    """The metric names --metrics and scoring.metrics accept (the Scorer's), in canonical order."""
+    return tuple(dict.fromkeys(m.family for m in METRICS if not m.judge))
 
 
 def default_families() -> tuple[str, ...]:
-    return tuple(dict.fromkeys(m.family for m in METRICS if m.default))
+    return tuple(dict.fromkeys(m.family for m in METRICS if m.default and not m.judge))
 
 
 def family_keys(family: str) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ def resample_counts(n_images: int, n_boot: int, seed: int) -> np.ndarray:
 def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of bootstrap samples."""
     tail = (1.0 - level) / 2.0 * 100.0
-    lo, hi = np.percentile(samples, [tail, 100.0 - tail])
+    lo, hi = np.nanpercentile(samples, [tail, 100.0 - tail])  # NaN: a resample without a judged image
     return float(lo), float(hi)
 
 

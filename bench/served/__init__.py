@@ -1,0 +1,1 @@
+"""Endpoint-served models: the chat-completions client, prices and serve commands."""
