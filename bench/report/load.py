@@ -49,6 +49,8 @@ class RunData:
     # image_id -> the METEOR jar's statistics of that image (metrics.json "meteor_stats"); empty
     # for runs scored before bench kept them.
     meteor_stats: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # image_id -> "truncated" / "failed" where its predictions record says so (the explorer's filters).
+    caption_flags: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -138,7 +140,7 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
     dataset, fingerprint = results["dataset"], results["fingerprint"]
     metrics = _metric_dict(results.get("metrics"), res_path, "metrics")
     ids, paths, refs = _read_split(folder / "split.json", fingerprint)
-    captions = _read_captions(folder / "predictions.jsonl", ids)
+    captions, flags = _read_captions(folder / "predictions.jsonl", ids)
     metrics, per_image, meteor_stats = _read_metrics(folder / "metrics.json", metrics)
 
     loss = folder / "train" / "loss.csv"
@@ -162,6 +164,7 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
         metrics=metrics,
         per_image=per_image,
         meteor_stats=meteor_stats,
+        caption_flags=flags,
         results=results,
         loss_csv=loss if loss.is_file() else None,
         attend_pngs=tuple(sorted(attend.glob("*.png"))) if attend.is_dir() else (),
@@ -194,20 +197,25 @@ def _read_split(split_path: Path, fingerprint: str) -> tuple[list[str], list[Pat
     return ids, paths, refs
 
 
-def _read_captions(pred_path: Path, ids: list[str]) -> dict[str, str]:
-    """image_id -> caption from predictions.jsonl; every image of the split must have one."""
+def _read_captions(pred_path: Path, ids: list[str]) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """image_id -> caption from predictions.jsonl (every image of the split must have one), and
+    image_id -> the flags its record carries: `"truncated": true`, or an `"error"` (failed)."""
     if not pred_path.exists():
         raise BenchError(f"{pred_path}: file not found")
     captions: dict[str, str] = {}
+    flags: dict[str, tuple[str, ...]] = {}
     for k, rec in enumerate(read_records(pred_path)):
         image_id, caption = rec.get("image_id"), rec.get("caption")
         if not isinstance(image_id, (str, int)) or not isinstance(caption, str):
             raise BenchError(f"{pred_path}: record {k + 1} needs a string 'image_id' and 'caption'")
         captions[str(image_id)] = caption
+        marks = (("truncated",) if rec.get("truncated") is True else ()) + (("failed",) if rec.get("error") else ())
+        if marks:
+            flags[str(image_id)] = marks
     missing = [i for i in ids if i not in captions]
     if missing:
         raise BenchError(f"{pred_path}: no caption for image_id {missing[0]!r} (listed in split.json; {len(missing)} missing)")
-    return captions
+    return captions, flags
 
 
 def _read_metrics(
