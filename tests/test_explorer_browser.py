@@ -22,8 +22,6 @@ from bench.report import build_report
 from bench.testing import browser
 from bench.testing.explorer_runs import HOSTILE, explorer_runs
 
-REASON = browser.missing()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 N_IMAGES, N_RUNS = 60, 4
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 
@@ -38,6 +36,9 @@ def gen(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def driver():
+    reason = browser.missing()
+    if reason is not None:
+        pytest.skip(reason)  # the same line for every browser test: pytest -ra folds them into one
     with browser.chromium() as d:
         yield d
 
@@ -214,3 +215,12 @@ def test_screenshot_for_the_docs(gen: dict, driver) -> None:
         out.parent.mkdir(exist_ok=True)
         out.write_bytes(buf.getvalue())
     assert out.stat().st_size < 300_000
+
+
+def test_a_machine_without_the_browser_is_told_which_debian_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(browser.shutil, "which", lambda name: None)
+    reason = browser.missing()
+    assert reason is not None and "chromium, chromium-driver" in reason
+    assert "apt-get install -y chromium chromium-driver" in reason
+    monkeypatch.undo()
+    assert browser.missing() is None or "selenium" in browser.missing()
