@@ -54,7 +54,8 @@ def _captions(gen: dict, run: str) -> dict[str, str]:
 
 def _ordered(values: dict[str, float], descending: bool = True) -> list[str]:
     ids = sorted(values)  # the page's tie-break: the section's image order (sorted ids)
-    return sorted(ids, key=lambda i: -values[i] if descending else values[i])
+    rounded = {i: round(v, 6) for i, v in values.items()}  # as the page holds them
+    return sorted(ids, key=lambda i: -rounded[i] if descending else rounded[i])
 
 
 def _click(driver, css: str) -> None:
