@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 from PIL import Image
+from test_demo import demo_run  # noqa: F401 - the one `bench demo --fast` of the session, shared
 
 from bench.io import read_records
 from bench.report import build_report
@@ -225,3 +226,22 @@ def test_a_machine_without_the_browser_is_told_which_debian_packages(monkeypatch
     assert "apt-get install -y chromium chromium-driver" in reason
     monkeypatch.undo()
     assert browser.missing() is None or "selenium" in browser.missing()
+
+
+@pytest.mark.slow
+def test_demo_report_has_its_html_explorer(demo_run, driver) -> None:
+    """`bench demo` writes reports/demo.html beside demo.md; it loads clean and sorts as its runs say."""
+    page = demo_run.out.with_suffix(".html")
+    assert page.is_file()
+    browser.requested_urls(driver)
+    browser.console_messages(driver)
+    browser.open_page(driver, page)
+    assert browser.console_messages(driver) == []
+    assert all(u.startswith("file://") for u in browser.requested_urls(driver))
+    report = demo_run.payload
+    embedded = driver.execute_script("return JSON.parse(document.getElementById('bench-data').textContent).report")
+    assert embedded == report
+    run = report["sections"][0]["runs"][0]["run"]
+    per_image = json.loads((demo_run.runs / run / "metrics.json").read_text())["per_image"]
+    _click(driver, f'button.sort-btn[data-run="{run}"][data-metric="CLIPScore"]')
+    assert browser.all_ids(driver) == _ordered({i: v["CLIPScore"] for i, v in per_image.items()})

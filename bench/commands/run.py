@@ -18,9 +18,13 @@ from bench.errors import BenchError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def _check_device(device: str) -> None:
+def _check_options(device: str, limit: int | None, workers: int) -> None:
     if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise BenchError(f"--device {device}: must be one of {', '.join(DEVICES)} (or cuda:N)")
+    if limit is not None and limit < 1:
+        raise BenchError(f"--limit must be >= 1 (got {limit})")
+    if workers < 0:
+        raise BenchError(f"--workers must be >= 0 (got {workers})")
 
 
 def _settings_for(setting: str | None, prompt: str | None, group: str | None, models: list[str] | None = None) -> list[Any]:
@@ -175,11 +179,7 @@ def run(
 
     # Under `accelerate launch` / torchrun every process runs this; rank 0 alone prints.
     console = Console(highlight=False, quiet=not is_main_process())
-    _check_device(device)
-    if limit is not None and limit < 1:
-        raise BenchError(f"--limit must be >= 1 (got {limit})")
-    if workers < 0:
-        raise BenchError(f"--workers must be >= 0 (got {workers})")
+    _check_options(device, limit, workers)
     from bench.tracking import check_trackers
 
     trackers = check_trackers(log_with or [])  # a missing extra fails before any work
