@@ -2,7 +2,7 @@
 terminal (bench.commands.fit): `bench list` an overview of every section, one line a row;
 `bench list SECTION` that section's table with more columns and two lines a cell.
 
-Nothing here imports torch: backends are read from their source (`bench.settings.backend_catalog`).
+Nothing here imports torch: backends are rows of `bench.backends.table`.
 A broken file is shown as a row with its error instead of hiding the rest of the list.
 """
 
@@ -88,7 +88,7 @@ def datasets_table(width: int, detail: bool = False) -> Table:
     """Declared datasets; only their TOML is read (loading one may generate synthetic data)."""
     import tomllib
 
-    from bench.data import dataset_path, list_datasets
+    from bench.data.dataset import dataset_path, list_datasets
 
     cols = [Col("name", want=16), Col("format", drop=2), Col("description", lines=_lines(detail), want=30)]
     rows: list[list[Cell]] = []
@@ -127,9 +127,9 @@ def runs_table(width: int, detail: bool = False) -> Table:
 
 
 def backends_table(width: int, detail: bool = False) -> Table:
-    from bench.settings import backend_catalog, ordered_backends
+    from bench.backends.table import backend_table, ordered_backends
 
-    catalog = backend_catalog()
+    catalog = backend_table()
     cols = [Col("name", want=12), Col("kind", want=9), Col("default model", middle=True, weight=2),
             Col("module", middle=True, drop=1)]
     rows: list[list[Cell]] = []

@@ -24,8 +24,8 @@ from bench.config import (
     Setting,
     TrainConfig,
 )
+from bench.backends.table import backend_table
 from bench.errors import BenchError, where_it_belongs
-from bench.settings.catalog import backend_catalog
 
 BASE_NAME = "base"
 # Tables of a setting file and the dataclass each one is checked against.
@@ -173,7 +173,7 @@ def check_file(raw: dict[str, Any], label: str, base_dir: Path) -> dict[str, Any
 def _check_models(raw: Any, label: str, base_dir: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise file_error(label, "models must be a table of [models.<backend>] tables")
-    catalog = backend_catalog()
+    catalog = backend_table()
     out: dict[str, Any] = {}
     for backend, table in raw.items():
         if backend not in catalog:
