@@ -221,10 +221,23 @@ def test_screenshot_for_the_docs(gen: dict, driver) -> None:
     if (N_IMAGES, N_RUNS) != (60, 4):
         pytest.skip("docs/explorer.png shows the suite's own 60-image report")
     out = REPO / "docs" / "explorer.png"
-    if not out.is_file() or out.read_bytes() != buf.getvalue():
+    if _looks_different(out, buf.getvalue()):  # anti-aliasing varies a little between runs
         out.parent.mkdir(exist_ok=True)
         out.write_bytes(buf.getvalue())
     assert out.stat().st_size < 300_000
+
+
+def _looks_different(old: Path, png: bytes, tolerance: float = 1.0) -> bool:
+    """True unless `old` exists with the same size and a mean pixel difference under `tolerance`."""
+    import numpy as np
+
+    if not old.is_file():
+        return True
+    with Image.open(old) as a, Image.open(io.BytesIO(png)) as b:
+        if a.size != b.size:
+            return True
+        diff = np.abs(np.asarray(a.convert("RGB"), dtype=np.int16) - np.asarray(b.convert("RGB"), dtype=np.int16))
+    return float(diff.mean()) >= tolerance
 
 
 def test_a_machine_without_the_browser_is_told_which_debian_packages(monkeypatch: pytest.MonkeyPatch) -> None:
