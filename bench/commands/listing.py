@@ -40,7 +40,7 @@ def _lines(detail: bool) -> int:
     return 2 if detail else 1
 
 
-def settings_table(width: int, detail: bool = False) -> Table:
+def settings_table(width: int = 80, detail: bool = False) -> Table:
     from bench.settings import expanded, file_label, load_setting, setting_files
 
     n = _lines(detail)
@@ -68,7 +68,7 @@ def settings_table(width: int, detail: bool = False) -> Table:
     return fit_table(f"settings ({file_label(paths.settings_dir())})", cols, rows, width)
 
 
-def prompts_table(width: int, detail: bool = False) -> Table:
+def prompts_table(width: int = 80, detail: bool = False) -> Table:
     from bench.prompts import load_prompt, prompt_names
 
     n = _lines(detail)
@@ -84,7 +84,7 @@ def prompts_table(width: int, detail: bool = False) -> Table:
     return fit_table("prompts", cols, rows, width)
 
 
-def datasets_table(width: int, detail: bool = False) -> Table:
+def datasets_table(width: int = 80, detail: bool = False) -> Table:
     """Declared datasets; only their TOML is read (loading one may generate synthetic data)."""
     import tomllib
 
@@ -110,7 +110,7 @@ def _label(path: Any) -> str:
     return file_label(path)
 
 
-def runs_table(width: int, detail: bool = False) -> Table:
+def runs_table(width: int = 80, detail: bool = False) -> Table:
     from bench.run import list_runs, run_label
 
     colors = {"complete": "green", "partial": "yellow", "empty": "dim"}
@@ -126,7 +126,7 @@ def runs_table(width: int, detail: bool = False) -> Table:
     return fit_table(f"runs ({run_label(paths.runs_dir())}/<setting>/<backend>)", cols, rows, width)
 
 
-def backends_table(width: int, detail: bool = False) -> Table:
+def backends_table(width: int = 80, detail: bool = False) -> Table:
     from bench.backends.table import backend_table, ordered_backends
 
     catalog = backend_table()
