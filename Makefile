@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test demo bench clean check-java help
+.PHONY: install test demo bench clean check-java browser-deps help
 
 help:
 	@echo "make demo    run the whole comparison offline on the built-in synthetic data"
@@ -32,7 +32,21 @@ check-java:
 	  exit 1; }
 
 test: install
+	@$(MAKE) --no-print-directory browser-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The HTML explorer's browser tests drive Debian's chromium + chromium-driver. Installed when
+# missing and apt-get is usable as root; never fails the test run (the tests then skip, naming them).
+browser-deps:
+	@if ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "bench: installing chromium and chromium-driver for the browser tests"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
+	      || echo "bench: could not install chromium/chromium-driver; the browser tests will skip"; \
+	  else \
+	    echo "bench: chromium/chromium-driver missing (apt-get install -y chromium chromium-driver); the browser tests will skip"; \
+	  fi; \
+	fi
 
 demo: install
 	$(BIN)/bench demo

@@ -116,3 +116,6 @@ class Setting:
     # Not a key of the file: True when a prompt setting has its own [lora] table (in its files, not
     # base.toml), so the zero-shot VLM is LoRA-trained before it captions (bench.settings.checks).
     vlm_lora: bool = False
+    # Not a key of the file: dotted key -> the `bench run` flag that set it ("--model"), so an
+    # error about that value names the flag, not a settings file.
+    flags: dict[str, str] = field(default_factory=dict)

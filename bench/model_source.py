@@ -99,7 +99,8 @@ def _unavailable(what: str, model: str, field: str, exc: BaseException | None) -
     return BenchError(
         f"{what} {model!r} is not a local folder, not in the Hugging Face cache and could not be "
         f"fetched from the hub (offline?): download it once on a connected machine with "
-        f"`hf download {model} --local-dir DIR` and set {field} to DIR{why}"
+        f"`hf download {model} --local-dir DIR` and "
+        + (f"pass {field} DIR" if field.startswith("--") else f"set {field} to DIR") + why
     )
 
 

@@ -7,7 +7,9 @@ Sections (each measures its figure side by side with its baseline in this same r
 - scoring.py     bench's scorer vs pycocoevalcap's scorers alone (1,000 images, 5 metrics);
 - bootstrap.py   95% CIs of one 1,000-image run with 1,000 resamples;
 - real_architectures.py  each default model's real architecture at full width on CPU (LLaVA-1.5-7B
-                 at reduced depth): images/s, CPU seconds per image and peak memory.
+                 at reduced depth): images/s, CPU seconds per image and peak memory;
+- explorer.py    the HTML explorer of 5,000 images x 10 runs in headless Chromium: first render,
+                 re-sort, HTML and thumbnail sizes.
 
 A section whose module declares NEEDS_SHARED_DATA / NEEDS_SHARED_MODELS (paths under
 BENCH_SHARED_DATA / BENCH_SHARED_MODELS) is skipped, and named in the report, when one is absent:
@@ -165,6 +167,15 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             ))
     else:
         rows.append(("LLaVA-1.5-7B on GPU (bf16, 4-bit; batch 1, 32)", "pending", gpu.get("reason", GPU_PENDING)))
+    if "explorer_first_render_s" in r:
+        rows.append((
+            f"HTML explorer, {r['explorer_images']:,} images x {r['explorer_runs']} runs",
+            f"{r['explorer_first_render_s']:.2f} s first render, {r['explorer_resort_s']:.3f} s re-sort",
+            f"headless Chromium from file:// (target < {r['explorer_target_s']:.0f} s each): median of fresh loads / of "
+            f"header-click sorts (max {r['explorer_resort_max_s']:.3f} s; difference sort {r['explorer_diff_sort_s']:.3f} s, "
+            f"search {r['explorer_search_s']:.3f} s); HTML {r['explorer_html_mb']} MB, {r['explorer_thumbs']:,} "
+            f"thumbnails {r['explorer_thumbs_mb']} MB",
+        ))
     if "make_bench_seconds" in r:
         rows.append(("make bench, total", f"{r['make_bench_seconds']:.0f} s", "this run, all sections"))
     rows += [(f"section {name}", "skipped", why.removeprefix("skipped: ")) for name, why in skipped_sections(r).items()]
@@ -319,7 +330,7 @@ def main() -> None:
     from rich.table import Table
 
     from bench.io import atomic_write_json, atomic_write_text
-    from benchmarks import bootstrap, captioning, harness, real_architectures, scoring
+    from benchmarks import bootstrap, captioning, explorer, harness, real_architectures, scoring
 
     start = time.perf_counter()
     results: dict[str, Any] = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
@@ -331,6 +342,7 @@ def main() -> None:
     results.update(_section("bootstrap", lambda: bootstrap.run(), errors))
     real_models = ("vit-gpt2", "clipscore") if args.quick else real_architectures.MODELS
     results.update(_section("real_architectures", lambda: real_architectures.run(real_models), errors))
+    results.update(_section("explorer", lambda: explorer.run(500 if args.quick else 5000, 10, 1 if args.quick else 3), errors))
     results["make_bench_seconds"] = round(time.perf_counter() - start, 1)
     results["quick"] = bool(args.quick)
     results["errors"] = errors

@@ -74,7 +74,8 @@ def test_sweep_of_two_models_and_two_prompts(env: dict[str, str], home: Path, ti
     finally:
         (home / "settings" / "sweep.toml").unlink()
     names = [f"sweep--{p}--vlm-{f}" for p in ("brief", "llava_concise") for f in ("llava", "qwen2_vl")]
-    assert listing.returncode == 0 and all(n in listing.stdout for n in names), listing.stdout
+    # bench list shows a sweep's runs under it, by what follows the sweep's name
+    assert listing.returncode == 0 and all(f"↳ {n.removeprefix('sweep--')}" in listing.stdout for n in names), listing.stdout
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(names)
     assert compared.returncode == 0, compared.stderr[-3000:]

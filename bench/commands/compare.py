@@ -53,6 +53,7 @@ def _print_result(console: Console, result) -> None:  # noqa: ANN001 - ReportRes
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     console.print(f"report: {result.markdown}", highlight=False, soft_wrap=True)
+    console.print(f"explorer: {result.html}", highlight=False, soft_wrap=True)
     for extra in (result.csv, result.json):
         if extra is not None:
             console.print(f"wrote: {extra}", highlight=False, soft_wrap=True)
@@ -106,7 +107,7 @@ def compare(
     targets, several = _report_targets(root, data, runs, baseline, out)
 
     err = Console(stderr=True)
-    with Progress(TextColumn("bootstrap {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
         tasks: dict[str, int] = {}
 

@@ -71,3 +71,5 @@ def demo(
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items())
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s ({steps})", soft_wrap=True)
     console.print(f"report: {escape(str(result.report))} (every table, the figures and the galleries)", soft_wrap=True)
+    console.print(f"explorer: {escape(str(result.report_result.html))} (open it in a browser: every image, every run)",
+                  soft_wrap=True)

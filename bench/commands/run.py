@@ -18,9 +18,13 @@ from bench.errors import BenchError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def _check_device(device: str) -> None:
+def _check_options(device: str, limit: int | None, workers: int) -> None:
     if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise BenchError(f"--device {device}: must be one of {', '.join(DEVICES)} (or cuda:N)")
+    if limit is not None and limit < 1:
+        raise BenchError(f"--limit must be >= 1 (got {limit})")
+    if workers < 0:
+        raise BenchError(f"--workers must be >= 0 (got {workers})")
 
 
 def _settings_for(setting: str | None, prompt: str | None, group: str | None, models: list[str] | None = None) -> list[Any]:
@@ -37,6 +41,33 @@ def _settings_for(setting: str | None, prompt: str | None, group: str | None, mo
     if prompt:
         return [prompt_setting(prompt, model=m) for m in models] if models else [prompt_setting(prompt)]
     return expanded(settings_in_group(group or ""))
+
+
+def _with_flags(settings: list[Any], model: list[str] | None, clip_model: str | None, metrics: str | None) -> list[Any]:
+    """The settings with the scoring choices of the command line, each value marked with its
+    flag (errors about it name the flag)."""
+    import dataclasses
+    from pathlib import Path
+
+    from bench.scoring import parse_metrics
+    from bench.settings.schema import resolve_path_value
+
+    names = parse_metrics(metrics) if metrics is not None else None  # a bad list fails before any work
+    out = []
+    for s in settings:
+        flags, scoring = dict(s.flags), s.scoring
+        if model:
+            flags["models.vlm.model"] = "--model"
+        if clip_model is not None:
+            if not clip_model.strip():
+                raise BenchError("--clip-model: give a hub id or a CLIP model folder")
+            scoring = dataclasses.replace(scoring, clip_model=resolve_path_value(clip_model, Path.cwd()))
+            flags["scoring.clip_model"] = "--clip-model"
+        if names is not None:
+            scoring = dataclasses.replace(scoring, metrics=names)
+            flags["scoring.metrics"] = "--metrics"
+        out.append(dataclasses.replace(s, scoring=scoring, flags=flags))
+    return out
 
 
 def _plans(settings: list[Any], backend: str | None, data: str | None, limit: int | None) -> list[Any]:
@@ -138,6 +169,10 @@ def run(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     log_with: Annotated[list[str] | None, typer.Option(
         "--log-with", help="Also log to tensorboard, wandb, mlflow or trackio (repeatable; offline by default).")] = None,
+    clip_model: Annotated[str | None, typer.Option(
+        "--clip-model", help="CLIP for CLIPScore: hub id or local folder (overrides the setting's scoring.clip_model).")] = None,
+    metrics: Annotated[str | None, typer.Option(
+        "--metrics", help="Comma-separated subset of bleu,meteor,rouge,cider,clipscore (overrides scoring.metrics).")] = None,
 ) -> None:
     """Train (LoRA backends), caption the validation split and score it; cached when done."""
     from bench.distributed import is_main_process
@@ -145,15 +180,11 @@ def run(
 
     # Under `accelerate launch` / torchrun every process runs this; rank 0 alone prints.
     console = Console(highlight=False, quiet=not is_main_process())
-    _check_device(device)
-    if limit is not None and limit < 1:
-        raise BenchError(f"--limit must be >= 1 (got {limit})")
-    if workers < 0:
-        raise BenchError(f"--workers must be >= 0 (got {workers})")
+    _check_options(device, limit, workers)
     from bench.tracking import check_trackers
 
     trackers = check_trackers(log_with or [])  # a missing extra fails before any work
-    plans = _plans(_settings_for(setting, prompt, group, model), backend, data, limit)
+    plans = _plans(_with_flags(_settings_for(setting, prompt, group, model), model, clip_model, metrics), backend, data, limit)
     done = []
     with ScorerPool() as scorers:  # CLIP and the METEOR JVM load once for all the runs of this command
         for plan in plans:

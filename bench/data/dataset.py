@@ -30,7 +30,7 @@ from bench.data.ids import has_image_extension, index_entries, normalize_id
 from bench.data.images import safe_image_path
 from bench.data.refs import _FORMAT_ALIASES, FORMATS, read_references, read_text
 from bench.data.types import CaptionDataset, RefEntry, Sample, Split, SplitSpec
-from bench.errors import BenchError
+from bench.errors import BenchError, where_it_belongs
 from bench.paths import datasets_dir, expand
 
 _TOP_KEYS: dict[str, type] = {
@@ -80,11 +80,20 @@ def list_datasets() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
 
 
+def _misplaced(key: str, prefix: str) -> str:
+    """"; it belongs under [hf] (hf.path)" when `key` is a key of another table of the file."""
+    from bench.data.hf import HF_KEYS
+
+    levels = {"": _TOP_KEYS, "split.": _SPLIT_KEYS, "generator.": _GENERATOR_KEYS, "hf.": HF_KEYS}
+    return where_it_belongs(key, prefix, {lvl: tuple(keys) for lvl, keys in levels.items()}) or ""
+
+
 def _check_table(src: Path, table: dict[str, Any], schema: dict[str, type], prefix: str = "") -> None:
     for key, value in table.items():
         name = f"{prefix}{key}"
         if key not in schema:
-            raise BenchError(f"{src}: unknown key '{name}' (allowed: {', '.join(prefix + k for k in schema)})")
+            hint = _misplaced(key, prefix) or f" (allowed: {', '.join(prefix + k for k in schema)})"
+            raise BenchError(f"{src}: unknown key '{name}'{hint}")
         want = schema[key]
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."

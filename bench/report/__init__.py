@@ -1,6 +1,8 @@
 """`bench compare`: a markdown report comparing finished runs, with CSV/JSON beside it.
 
-    build.py        build_report: read runs, group into sections, bootstrap, write md/CSV/JSON
+    build.py        build_report: read runs, group into sections, bootstrap, write md/HTML/CSV/JSON
+    html.py         the HTML report and its per-image explorer (static/: its template, JS, CSS)
+    thumbs.py       the explorer's thumbnails, cached by image content
     load.py         finished runs, read through the run-folder owner (bench.run.folder)
     tokens.py       PTB tokens of the runs, cached in each run's tokens.json
     section.py      comparable sections and every figure their tables need

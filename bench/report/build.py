@@ -6,7 +6,9 @@ with CSV/JSON beside it.
 reads every finished run (results.json present) under runs_root, groups them into sections
 (dataset + split fingerprint + image set; never mixed), bootstraps every metric of every run on
 the same resamples of images, and writes out (markdown), the figures in `<out stem>-figures/`
-next to it, and optionally a CSV (one row per run) and a JSON (everything, full caption text).
+next to it, the HTML report with its per-image explorer (`<out stem>.html`, bench.report.html,
+built from the same payload as the JSON), and optionally a CSV (one row per run) and a JSON
+(everything, full caption text).
 The markdown is byte-identical for the same runs except its one "Generated at" line; CSV, JSON
 and PNGs are byte-identical.
 """
@@ -30,6 +32,7 @@ from bench.io import atomic_write_text
 from bench.report import adjusted, judged
 from bench.report import figures as figs
 from bench.report.diagnostics import Cost
+from bench.report.html import write_html
 from bench.report.load import RunData, find_runs
 from bench.report.markdown import cell, link, table
 from bench.report.section import RunSummary, Section, analyse_section, group_runs
@@ -55,6 +58,7 @@ class SectionSummary:
 @dataclass(frozen=True)
 class ReportResult:
     markdown: Path
+    html: Path
     csv: Path | None
     json: Path | None
     figures: tuple[Path, ...]
@@ -291,23 +295,27 @@ def build_report(
     groups, mismatch = group_runs(runs)
     sections: list[Section] = []
     for group in groups:
-        label = f"{group[0].dataset} ({len(group)} runs)"
+        label = f"bootstrap {group[0].dataset} ({len(group)} runs)"
         cb = None if progress is None else (lambda done, label=label: progress(label, done, n_boot))
         sections.append(analyse_section(group, tokens, baseline=baseline, n_boot=n_boot, seed=seed, progress=cb))
         sections[-1].notes[:0] = judged.section_notes(judge_notes, group)
 
     out = Path(out)
+    now = now or _dt.datetime.now(_dt.timezone.utc)
     written, summaries, datasets = _write_markdown(out, sections, mismatch, n_boot, seed, now)
     notes = tuple(n for ds in datasets for n in mismatch.get(ds, [])) + tuple(n for s in sections for n in s.notes)
+    payload = _json_payload(sections, notes, n_boot, seed)
+    payload.update(judged.payload(judge))
+    titles = [_section_title(s, sum(t.dataset == s.dataset for t in sections) > 1) for s in sections]
+    page = write_html(out.with_suffix(".html"), sections, titles, payload, [w.path for w in written],
+                      _stamp(now), progress)
     if csv is not None:
         buf = io.StringIO()
         pd.DataFrame([row for s in sections for row in _csv_rows(s)]).to_csv(buf, index=False, lineterminator="\n")
         atomic_write_text(csv, buf.getvalue())
     if json_out is not None:
-        payload = _json_payload(sections, notes, n_boot, seed)
-        payload.update(judged.payload(judge))
         atomic_write_text(json_out, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    return ReportResult(out, csv, json_out, tuple(w.path for w in written), tuple(summaries), notes)
+    return ReportResult(out, page, csv, json_out, tuple(w.path for w in written), tuple(summaries), notes)
 
 
 def _selected_runs(
@@ -350,10 +358,9 @@ def _write_markdown(
             summaries.append(SectionSummary(_section_title(s, len(in_ds) > 1), s.baseline, board.plain, len(s.runs),
                                             adjusted.summary_lines(s)))
 
-    stamp = (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
     head = [
         f"# Captioning comparison: {cell(', '.join(datasets), None)}\n",
-        f"{GENERATED_PREFIX}{stamp}.\n",
+        f"{GENERATED_PREFIX}{_stamp(now)}.\n",
         _method_md(n_boot, seed),
     ]
     markdown = "\n".join(head + body)
@@ -365,6 +372,10 @@ def _write_markdown(
                 old.unlink()
     atomic_write_text(out, markdown)
     return written, summaries, datasets
+
+
+def _stamp(now: _dt.datetime | None) -> str:
+    return (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _json_payload(sections: list[Section], notes: tuple[str, ...], n_boot: int, seed: int) -> dict[str, Any]:

@@ -47,6 +47,8 @@ class RunData:
     # image_id -> the METEOR jar's statistics of that image (metrics.json "meteor_stats"); empty
     # for runs scored before bench kept them.
     meteor_stats: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # image_id -> "truncated" / "failed" where its predictions record says so (the explorer's filters).
+    caption_flags: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -80,7 +82,7 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
         raise BenchError(f"{rf.path / SPLIT}: key 'fingerprint' is {split.fingerprint!r} but results.json says "
                          f"{record.fingerprint!r}")
     ids = [s.image_id for s in split.samples]
-    captions = _read_captions(rf.predictions, ids)
+    captions, flags = _read_captions(rf.predictions, ids)
     scored = rf.read_metrics()
     # Corpus metrics as results.json records them, else as metrics.json does.
     metrics = record.metrics or (scored.corpus if scored else {})
@@ -105,26 +107,32 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
         metrics=metrics,
         per_image=scored.per_image if scored else {},
         meteor_stats={k: tuple(v) for k, v in scored.meteor_stats.items()} if scored else {},
+        caption_flags=flags,
         results=results,
         loss_csv=loss if loss.is_file() else None,
         attend_pngs=tuple(sorted(attend.glob("*.png"))) if attend.is_dir() else (),
     )
 
 
-def _read_captions(pred_path: Path, ids: list[str]) -> dict[str, str]:
-    """image_id -> caption from predictions.jsonl; every image of the split must have one."""
+def _read_captions(pred_path: Path, ids: list[str]) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """image_id -> caption from predictions.jsonl (every image of the split must have one), and
+    image_id -> the flags its record carries: `"truncated": true`, or an `"error"` (failed)."""
     if not pred_path.exists():
         raise BenchError(f"{pred_path}: file not found")
     captions: dict[str, str] = {}
+    flags: dict[str, tuple[str, ...]] = {}
     for k, rec in enumerate(read_records(pred_path)):
         image_id, caption = rec.get("image_id"), rec.get("caption")
         if not isinstance(image_id, (str, int)) or not isinstance(caption, str):
             raise BenchError(f"{pred_path}: record {k + 1} needs a string 'image_id' and 'caption'")
         captions[str(image_id)] = caption
+        marks = (("truncated",) if rec.get("truncated") is True else ()) + (("failed",) if rec.get("error") else ())
+        if marks:
+            flags[str(image_id)] = marks
     missing = [i for i in ids if i not in captions]
     if missing:
         raise BenchError(f"{pred_path}: no caption for image_id {missing[0]!r} (listed in split.json; {len(missing)} missing)")
-    return captions
+    return captions, flags
 
 
 def find_runs(runs_root: Path, *, dataset: str | None = None, runs_glob: str | None = None) -> list[RunData]:

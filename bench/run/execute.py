@@ -83,10 +83,11 @@ def check_models_available(plan: RunPlan) -> None:
         wanted.append((f"{plan.backend} vision_model", vision, f"models.{plan.backend}.options.vision_model"))
     if "clipscore" in setting.scoring.metrics:
         wanted.append(("CLIP model", setting.scoring.clip_model, "scoring.clip_model"))
-    with blame(setting.source):
-        for what, model, field in wanted:
+    for what, model, field in wanted:
+        flag = setting.flags.get(field)  # a value from the command line: the error names the flag
+        with blame(flag or setting.source):
             if model:
-                check_available(model, what, field)
+                check_available(model, what, flag or field)
 
 
 # --- the stages ---------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def load_and_train(run: RunContext) -> Any:
     run.say(f"loading {plan.backend} model [bold]{escape(model_cfg.model)}[/] on {run.device}")
     started = time.perf_counter()
     torch.manual_seed(setting.seed)  # LoRA init is random: seed it so a run is reproducible
-    with blame(setting.source):
+    with blame(setting.flags.get(f"models.{plan.backend}.model", setting.source)):
         # A VLM about to be LoRA-trained loads for it (QLoRA keeps its vision tower unquantized).
         captioner = backend_class(plan.backend).load(model_cfg, run.device, prompt=plan.prompt, for_lora=setting.vlm_lora)
         if plan.kind == "lora":

@@ -89,6 +89,7 @@ def resolved_config(setting: Setting, backend: str, kind: str, prompt_text: str 
     model = setting.models[backend]
     fields = dataclasses.asdict(setting)
     fields.pop("vlm_lora")  # derived from the file, recorded as kind = "lora" (config.json unchanged)
+    fields.pop("flags")  # where values came from, not what the run does
     return _without_empty_sweep(_jsonable(
         {
             **fields,

@@ -24,8 +24,8 @@ from bench.config import (
     Setting,
     TrainConfig,
 )
-from bench.errors import BenchError
 from bench.backends.table import backend_table
+from bench.errors import BenchError, where_it_belongs
 
 BASE_NAME = "base"
 # Tables of a setting file and the dataclass each one is checked against.
@@ -59,9 +59,19 @@ def file_error(label: str, message: str) -> BenchError:
     return BenchError(f"{label}: {message}")
 
 
+def _levels() -> dict[str, tuple[str, ...]]:
+    """Each level of a setting file ("" the top, "train." a table) -> the keys it holds."""
+    levels: dict[str, tuple[str, ...]] = {"": TOP_KEYS}
+    levels.update({f"{name}.": tuple(f.name for f in dataclasses.fields(cls)) for name, cls in SECTIONS.items()})
+    levels["models.<backend>."] = tuple(f.name for f in dataclasses.fields(ModelConfig))
+    return levels
+
+
 def unknown_key_error(label: str, key: str, prefix: str, allowed: list[str]) -> BenchError:
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
-    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f" (known keys: {', '.join(allowed)})"
+    hint = where_it_belongs(key, prefix, _levels())
+    if hint is None:
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+        hint = f"; did you mean '{prefix}{close[0]}'?" if close else f" (known keys: {', '.join(allowed)})"
     return file_error(label, f"unknown key '{prefix}{key}'{hint}")
 
 
