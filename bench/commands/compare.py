@@ -99,13 +99,14 @@ def compare(
 
     err = Console(stderr=True)
     with Progress(TextColumn("bootstrap {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+                  TextColumn("{task.fields[run]}"), console=err, transient=True) as bar:
         tasks: dict[str, int] = {}
 
-        def progress(label: str, done: int, total: int) -> None:
+        def progress(label: str, done: int, total: int, run: str) -> None:
+            # One bar per section; it counts (run, chunk of resamples) steps and names the run.
             if label not in tasks:
-                tasks[label] = bar.add_task(label, total=total)
-            bar.update(tasks[label], completed=done)
+                tasks[label] = bar.add_task(label, total=total, run="")
+            bar.update(tasks[label], completed=done, total=total, run=escape(run))
 
         results = []
         for ds, path, base in targets:

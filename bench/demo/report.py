@@ -45,7 +45,7 @@ def make_report(out: Path, profile: Profile, *, console: Any = None, progress: b
                   console=console, disable=not progress, transient=True) as bar:
         tasks: dict[str, Any] = {}
 
-        def advance(label: str, done: int, total: int) -> None:
+        def advance(label: str, done: int, total: int, run: str) -> None:
             if label not in tasks:
                 tasks[label] = bar.add_task(label, total=total)
             bar.update(tasks[label], completed=done)

@@ -27,7 +27,10 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.io import atomic_write_text
 from bench.report import figures as figs
+from bench.paths import cache_dir
 from bench.report.bootstrap import ALL_METRICS
+from bench.report.compute_cache import FOLDER as COMPUTE_CACHE
+from bench.report.compute_cache import ComputeCache
 from bench.report.diagnostics import Cost
 from bench.report.load import RunData, find_runs
 from bench.report.markdown import cell, link, table
@@ -271,21 +274,25 @@ def build_report(
     json_out: Path | None = None,
     n_boot: int = 1000,
     seed: int = 0,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[[str, int, int, str], None] | None = None,
     now: _dt.datetime | None = None,
+    cache: bool = True,
 ) -> ReportResult:
     """Write the comparison report of the finished runs under runs_root (see module doc).
 
-    `progress(section_title, done, total)` is called while bootstrapping.
+    `progress(section_label, done, total, run)` is called while bootstrapping `run`. With
+    `cache`, what the bootstrap computed per run is kept in (and read from) .cache/compare/.
     """
     runs = _selected_runs(Path(runs_root), dataset, runs_glob, baseline, n_boot)
     tokens = tokenize_runs(runs)
     groups, mismatch = group_runs(runs)
     sections: list[Section] = []
+    store = ComputeCache(cache_dir() / COMPUTE_CACHE if cache else None)
     for group in groups:
         label = f"{group[0].dataset} ({len(group)} runs)"
-        cb = None if progress is None else (lambda done, label=label: progress(label, done, n_boot))
-        sections.append(analyse_section(group, tokens, baseline=baseline, n_boot=n_boot, seed=seed, progress=cb))
+        cb = None if progress is None else (lambda done, total, run, label=label: progress(label, done, total, run))
+        sections.append(analyse_section(group, tokens, baseline=baseline, n_boot=n_boot, seed=seed, progress=cb,
+                                        cache=store))
 
     out = Path(out)
     written, summaries, datasets = _write_markdown(out, sections, mismatch, n_boot, seed, now)
