@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse
 
 from bench.report.cider_tables import _N, CandTables, RefTables, _Csr, bleu_from_totals
 
@@ -50,12 +51,17 @@ class RunKernel:
     rows: np.ndarray  # (R,) their row in clip_sq: reference * 4 + order
     cand_sq: _Csr
     penalty: np.ndarray  # (R,) length penalty of each row's reference
+    # (J, R) ones: sums each reference's rows in order, from 0, as val.sum(axis=1) adds the four
+    # orders (a row left out is an exact 0 there).
+    per_ref: _Csr
     bleu_stats: np.ndarray
 
     @classmethod
     def build(cls, cand: CandTables) -> "RunKernel":
         rows = _nonempty_rows(cand.clip_sq)
-        return cls(_rows(cand.clip_sq, rows), rows, cand.cand_sq, cand.penalty[rows // _N], cand.bleu_stats)
+        n_refs = cand.clip_sq.shape[0] // _N
+        per_ref = _Csr.build(rows // _N, np.arange(len(rows)), np.ones(len(rows)), (n_refs, len(rows)))
+        return cls(_rows(cand.clip_sq, rows), rows, cand.cand_sq, cand.penalty[rows // _N], per_ref, cand.bleu_stats)
 
 
 class SectionKernel:
@@ -67,6 +73,12 @@ class SectionKernel:
         # Rows of the reference norms some run needs; each run's rows as positions among them.
         self.norm_rows = np.unique(np.concatenate([r.rows for r in runs])) if runs else np.zeros(0, np.int64)
         self.ref_sq = _rows(tables.ref_sq, self.norm_rows)
+        # df is a sum of integer multiplicities: exact in any order, and fastest in scipy's int32.
+        df = tables.df_matrix.matrix
+        self.df = scipy.sparse.csr_matrix(
+            (df.values().numpy().astype(np.int32), df.col_indices().numpy(), df.crow_indices().numpy()),
+            shape=tables.df_matrix.shape,
+        )
         ref_len = np.log(float(n))
         # df and multiplicities are integers in 0..N: w^2 of each, as idf_weights_sq computes it.
         self.w2_of = (ref_len - np.log(np.maximum(1.0, np.arange(n + 1, dtype=np.float64)))) ** 2
@@ -81,15 +93,17 @@ class SectionKernel:
     def weights(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(squared idf weights (n_cols, b), square roots of the needed reference norms) of a
         chunk of multiplicity rows (b, N)."""
-        m = counts.T.astype(np.float64)
-        df = self.tables.df_matrix.matmul(m)
-        w2 = np.vstack([self.w2_of[df.astype(np.int64)], self.w2_of[counts.T], np.repeat(self.oov_w2[:, None], m.shape[1], 1)])
+        t = self.tables
+        m = np.ascontiguousarray(counts.T, dtype=np.int32)  # (N, b)
+        w2 = np.empty((t.n_cols, m.shape[1]))
+        np.take(self.w2_of, self.df @ m, out=w2[: t.n_multi])
+        np.take(self.w2_of, m, out=w2[t.n_multi : t.oov_col])
+        w2[t.oov_col] = self.oov_w2
         return w2, np.sqrt(self.ref_sq.matmul(w2))
 
     def cider(self, run: RunKernel, positions: np.ndarray, w2: np.ndarray, root_norms: np.ndarray) -> np.ndarray:
         """(N, b) per-image CIDEr of one run under the chunk's weights."""
         t = self.tables
-        b = w2.shape[1]
         num = run.clip.matmul(w2)  # (R, b)
         cnorm = np.sqrt(run.cand_sq.matmul(w2))  # (N*4, b)
         ref, order = run.rows // _N, run.rows % _N
@@ -97,11 +111,8 @@ class SectionKernel:
         nonzero = den != 0
         val = np.where(nonzero, num / np.where(nonzero, den, 1.0), num)
         val *= run.penalty[:, None]
-        per_ref = np.zeros((len(t.img_of_ref), b))
-        for k in range(_N):  # in order, as val.sum(axis=1) adds them; each reference once per order
-            sel = order == k
-            per_ref[ref[sel]] += val[sel]
-        per_image = np.add.reduceat(per_ref, self.starts, axis=0) / _N
+        # reduceat over the same dense (J, b) array as the dense kernel: its sums may be pairwise.
+        per_image = np.add.reduceat(run.per_ref.matmul(val), self.starts, axis=0) / _N
         return per_image / t.n_refs[:, None] * 10.0
 
 
@@ -142,10 +153,14 @@ def corpus_samples(
             if start == 0:
                 first[name] = per_image[:, 0].copy()
             parts[name].setdefault("CIDEr", []).append((mf * per_image.T).sum(axis=1) / n)
-            bleu = bleu_from_totals(mf @ k.bleu_stats)
-            for j in range(_N):
-                parts[name].setdefault(f"BLEU-{j + 1}", []).append(bleu[:, j])
             done += 1
             if progress is not None:
                 progress(done, steps, name)
-    return {name: CorpusSamples({m: np.concatenate(p) for m, p in parts[name].items()}, first[name]) for name in kernels}
+    out = {}
+    for name, k in kernels.items():
+        # BLEU's totals are sums of integer counts: exact, so one product for every row.
+        bleu = bleu_from_totals(all_counts.astype(np.float64) @ k.bleu_stats)
+        values = {f"BLEU-{j + 1}": bleu[:, j] for j in range(_N)}
+        values["CIDEr"] = np.concatenate(parts[name]["CIDEr"])
+        out[name] = CorpusSamples(values, first[name])
+    return out

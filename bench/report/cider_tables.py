@@ -19,12 +19,12 @@ Details checked against pycocoevalcap 1.2 cider_scorer.py (and tested for equali
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from pycocoevalcap.bleu.bleu_scorer import precook as _bleu_precook
 
 _N = 4  # n-gram orders of CIDEr and BLEU
 _SIGMA = 6.0  # CIDEr-D length penalty
@@ -32,6 +32,17 @@ _TINY, _SMALL = 1e-15, 1e-9  # BLEU smoothing constants of pycocoevalcap
 
 
 # --- sparse matrices ------------------------------------------------------------------------------
+
+def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct keys, index of each key among them): np.unique(return_inverse=True) by
+    one argsort, several times faster on a million keys."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    first = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]] if len(keys) else np.zeros(0, dtype=bool)
+    inverse = np.empty(len(keys), dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return sorted_keys[first], inverse
+
 
 @dataclass(frozen=True)
 class _Csr:
@@ -48,10 +59,9 @@ class _Csr:
         c = np.asarray(cols, dtype=np.int64)
         v = np.asarray(vals, dtype=np.float64)
         key = r * shape[1] + c
-        uniq, inverse = np.unique(key, return_inverse=True)
+        uniq, inverse = _unique(key)
         summed = np.bincount(inverse, weights=v, minlength=len(uniq)) if len(uniq) else np.zeros(0)
-        indptr = np.zeros(shape[0] + 1, dtype=np.int64)
-        np.add.at(indptr, uniq // shape[1] + 1, 1)
+        indptr = np.bincount(uniq // shape[1] + 1, minlength=shape[0] + 1) if len(uniq) else np.zeros(shape[0] + 1, np.int64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
             matrix = torch.sparse_csr_tensor(
@@ -73,9 +83,13 @@ class _Csr:
 # --- per-section reference tables and per-run candidate tables ---------------------------------
 
 def _precook(sentence: str) -> tuple[int, dict[tuple[str, ...], int]]:
-    # pycocoevalcap's BLEU precook: (number of words, counts of 1..4-grams of s.split()); CIDEr's
-    # precook gives the same counts.
-    return _bleu_precook(sentence, _N)
+    """pycocoevalcap's BLEU precook (CIDEr's gives the same counts): (number of words, counts of
+    the 1..4-grams of s.split()), counted by Counter in C rather than one tuple at a time."""
+    words = sentence.split()
+    counts: Counter[tuple[str, ...]] = Counter()
+    for k in range(1, _N + 1):
+        counts.update(zip(*(words[i:] for i in range(k))))
+    return len(words), counts
 
 
 # pycocoevalcap's counts2vec counts the term frequencies of n-grams with index n == 1, i.e. bigrams:
@@ -114,10 +128,10 @@ class RefTables:
     def oov_col(self) -> int:
         return self.n_multi + self.n_images
 
-    @property
-    def entry_key(self) -> np.ndarray:
-        """(E,) image * G + n-gram id of each entry."""
-        return self.img_of_ref[self.entry_ref] * len(self.gram_col) + self.entry_gram
+    entry_key: np.ndarray = field(init=False)  # (E,) image * G + n-gram id of each entry
+
+    def __post_init__(self) -> None:
+        self.entry_key = self.img_of_ref[self.entry_ref] * len(self.gram_col) + self.entry_gram
 
 
 _PAD = 10**9  # a reference length no caption is closest to
@@ -136,25 +150,24 @@ class _RefScan:
 
 
 def _scan_refs(refs: Sequence[Sequence[str]]) -> _RefScan:
-    gram_id: dict[tuple[str, ...], int] = {}
     img_of_ref: list[int] = []
-    n_words: list[int] = []
-    e_ref: list[int] = []
-    e_gram: list[int] = []
-    e_count: list[int] = []
+    cooked: list[tuple[int, dict[tuple[str, ...], int]]] = []
     for i, image_refs in enumerate(refs):
         if len(image_refs) == 0:
             raise ValueError(f"image {i} has no references")
-        for ref in image_refs:
-            j = len(img_of_ref)
-            img_of_ref.append(i)
-            words, counts = _precook(ref)
-            n_words.append(words)
-            e_ref.extend([j] * len(counts))
-            e_gram.extend(gram_id.setdefault(g, len(gram_id)) for g in counts)
-            e_count.extend(counts.values())
+        img_of_ref.extend([i] * len(image_refs))
+        cooked.extend(_precook(ref) for ref in image_refs)
+    grams = [g for _, counts in cooked for g in counts]
+    gram_id = {g: k for k, g in enumerate(dict.fromkeys(grams))}
     as64 = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
-    return _RefScan(gram_id, as64(img_of_ref), as64(n_words), as64(e_ref), as64(e_gram), as64(e_count))
+    return _RefScan(
+        gram_id,
+        as64(img_of_ref),
+        as64([words for words, _ in cooked]),
+        np.repeat(np.arange(len(cooked), dtype=np.int64), [len(counts) for _, counts in cooked]),
+        as64([gram_id[g] for g in grams]),
+        as64([c for _, counts in cooked for c in counts.values()]),
+    )
 
 
 def _weight_columns(scan: _RefScan, n: int) -> tuple[np.ndarray, int, _Csr]:
@@ -165,7 +178,7 @@ def _weight_columns(scan: _RefScan, n: int) -> tuple[np.ndarray, int, _Csr]:
     """
     grams = list(scan.gram_id)
     n_grams = len(grams)
-    pairs = np.unique(scan.entry_gram * n + scan.img_of_ref[scan.entry_ref])  # distinct (n-gram, image)
+    pairs, _ = _unique(scan.entry_gram * n + scan.img_of_ref[scan.entry_ref])  # distinct (n-gram, image)
     pair_gram, pair_img = pairs // n, pairs % n
     n_imgs = np.bincount(pair_gram, minlength=n_grams)
     multi = sorted(np.flatnonzero(n_imgs > 1).tolist(), key=lambda k: (len(grams[k]), grams[k]))
