@@ -122,6 +122,7 @@ def compare(
                     n_boot=resamples,
                     seed=seed,
                     progress=progress,
+                    cache=True,  # a re-compare after one new run costs about that run's work
                 )
             )
     for result in results:

@@ -276,7 +276,7 @@ def build_report(
     seed: int = 0,
     progress: Callable[[str, int, int, str], None] | None = None,
     now: _dt.datetime | None = None,
-    cache: bool = True,
+    cache: bool = False,
 ) -> ReportResult:
     """Write the comparison report of the finished runs under runs_root (see module doc).
 

@@ -71,5 +71,5 @@ class ComputeCache:
         np.savez(buf, **samples.values, **{_PER_IMAGE: samples.cider_per_image})
         try:
             atomic_write_bytes(self._path(key), buf.getvalue())
-        except BenchError:
-            pass  # a read-only or full cache folder only costs a recomputation next time
+        except (BenchError, OSError):
+            pass  # an unwritable or full cache folder only costs a recomputation next time
