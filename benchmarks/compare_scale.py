@@ -13,9 +13,11 @@ CIDEr are not recorded, so the report shows the values bench compare recomputes;
 Folders are written by bench's test-only run writer.
 
 Timed, each `python -m bench compare` in a fresh process as a user runs it, on cold folders
-(PTB tokenization and the compare cache empty): 10 x 1,000, 10 x 5,000, 30 x 5,000, then a
-re-compare of the 30 after adding a 31st run. Peak RSS is the largest resident set of the
-command's process tree (wait4).
+(nothing tokenized, the compare cache empty), one after the other in this one run: 10 x 1,000,
+10 x 5,000, 30 x 5,000, then a re-compare of the 30 after adding a 31st run. Wall and CPU
+seconds (user + system) and peak RSS are those of the command's process tree (wait4), with the
+load average before each command: the machine is shared, so the CPU-time ratios are reported
+beside the wall-time ones.
 
     python benchmarks/compare_scale.py [--sizes 10x1000,10x5000,30x5000] [--keep DIR]
     python benchmarks/compare_scale.py --generate DIR --runs 10 --images 5000
@@ -95,11 +97,13 @@ def generate(runs_root: Path, n_runs: int, n_images: int, *, first: int = 0, see
     return folders
 
 
-def _timed_compare(root: Path, out: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS GB of the process tree) of one `bench compare`."""
+def _timed_compare(root: Path, out: Path) -> dict[str, float]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS GB of one `bench compare`'s process
+    tree, and the 1-minute load average before it."""
     env = {**os.environ, "BENCH_RUNS": str(root / "runs"), "BENCH_CACHE": str(root / ".cache"),
            "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "bench", "compare", "--data", DATASET, "--out", str(out)]
+    load = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stderr = proc.stderr.read() if proc.stderr else b""
@@ -107,7 +111,9 @@ def _timed_compare(root: Path, out: Path) -> tuple[float, float]:
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"bench compare failed: {stderr.decode(errors='replace').strip()[-300:]}")
-    return wall, usage.ru_maxrss / 2**20  # KiB -> GiB
+    # wait4 reports the child with its waited-for descendants (the PTB tokenizer's JVM).
+    return {"s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2), "load_average": round(load, 2)}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -115,34 +121,61 @@ def _size(text: str) -> tuple[int, int]:
     return int(runs), int(images)
 
 
-def run(sizes: tuple[str, ...] = ("10x1000", "10x5000", "30x5000"), keep: Path | None = None) -> dict[str, Any]:
+SIZES = ("10x1000", "10x5000", "30x5000")
+QUICK = ("2x200", "2x1000", "4x1000")
+
+
+def run(sizes: tuple[str, ...] = SIZES, keep: Path | None = None) -> dict[str, Any]:
+    """Every size on cold folders, one after the other, then the largest again after one more
+    run; the ratio of the second size's time to the first's."""
     base = Path(tempfile.mkdtemp(prefix="bench-compare-scale-")) if keep is None else keep
-    out: dict[str, Any] = {"compare_scale_load_average": [round(x, 2) for x in os.getloadavg()]}
+    out: dict[str, Any] = {"compare_scale_sizes": list(sizes), "compare_scale": {}}
+    table = out["compare_scale"]
     try:
         for text in sizes:
             n_runs, n_images = _size(text)
             root = base / text
             shutil.rmtree(root, ignore_errors=True)
             generate(root / "runs", n_runs, n_images)
-            wall, rss = _timed_compare(root, root / "report.md")
-            out[f"compare_{text}_s"], out[f"compare_{text}_peak_rss_gb"] = round(wall, 1), round(rss, 2)
-            if text == sizes[-1]:
-                generate(root / "runs", 1, n_images, first=n_runs)
-                wall, rss = _timed_compare(root, root / "report.md")
-                out[f"recompare_{text}_plus1_s"], out[f"recompare_{text}_plus1_peak_rss_gb"] = round(wall, 1), round(rss, 2)
-                out["recompare_fraction"] = round(wall / out[f"compare_{text}_s"], 3)
-        if "compare_10x1000_s" in out and "compare_10x5000_s" in out:
-            out["compare_ratio_10x5000_over_10x1000"] = round(out["compare_10x5000_s"] / out["compare_10x1000_s"], 2)
-        out["compare_scale_load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+            table[text] = _timed_compare(root, root / "report.md")
+        n_runs, n_images = _size(sizes[-1])
+        generate(base / sizes[-1] / "runs", 1, n_images, first=n_runs)
+        table[f"{sizes[-1]}+1"] = _timed_compare(base / sizes[-1], base / sizes[-1] / "report.md")
     finally:
         if keep is None:
             shutil.rmtree(base, ignore_errors=True)
+    first, second, last = (table[k] for k in sizes[:2] + sizes[-1:])
+    again = table[f"{sizes[-1]}+1"]
+    out["compare_scale_ratio"] = round(second["s"] / first["s"], 2)
+    out["compare_scale_cpu_ratio"] = round(second["cpu_s"] / first["cpu_s"], 2)
+    out["compare_scale_recompare_fraction"] = round(again["s"] / last["s"], 3)
+    out["compare_scale_recompare_cpu_fraction"] = round(again["cpu_s"] / last["cpu_s"], 3)
     return out
+
+
+def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """make bench's rows: (figure, value, how it was measured)."""
+    table = r.get("compare_scale")
+    if not table:
+        return []
+    sizes = r["compare_scale_sizes"]
+    rows = []
+    for text, v in table.items():
+        runs, images = text.split("+")[0].split("x")
+        what = f"bench compare, {int(runs)} runs x {int(images):,} images"
+        what += ", re-compare after 1 more run" if text.endswith("+1") else ""
+        rows.append((what, f"{v['s']:.1f} s, {v['peak_rss_gb']:.2f} GB",
+                     f"wall, peak RSS; {v['cpu_s']:.1f} CPU s; load average {v['load_average']}"))
+    rows.append((f"compare time {sizes[1]} / {sizes[0]}", f"{r['compare_scale_ratio']:.2f}",
+                 f"wall; CPU-time ratio {r['compare_scale_cpu_ratio']:.2f} (linear: images x5 -> <= 5.5)"))
+    rows.append((f"re-compare +1 run / first compare, {sizes[-1]}", f"{r['compare_scale_recompare_fraction']:.3f}",
+                 f"wall; CPU-time fraction {r['compare_scale_recompare_cpu_fraction']:.3f} (target < 0.2)"))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10x1000,10x5000,30x5000", help="runs x images, comma-separated")
+    parser.add_argument("--sizes", default=",".join(SIZES), help="runs x images, comma-separated (at least two)")
     parser.add_argument("--keep", type=Path, help="keep the generated folders and reports here")
     parser.add_argument("--generate", type=Path, help="only write generated runs into this runs folder")
     parser.add_argument("--runs", type=int, default=10)
@@ -153,8 +186,10 @@ def main() -> None:
         for folder in generate(args.generate, args.runs, args.images, first=args.first):
             print(folder)
         return
-    for key, value in run(tuple(args.sizes.split(",")), args.keep).items():
-        print(f"{key}: {value}")
+    result = run(tuple(args.sizes.split(",")), args.keep)
+    print(json.dumps(result, indent=2))
+    for row in summary_rows(result):
+        print(" | ".join(row))
 
 
 if __name__ == "__main__":
