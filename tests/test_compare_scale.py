@@ -187,3 +187,15 @@ def test_an_unwritable_cache_folder_only_costs_time(tokenized, tmp_path):
     cache = ComputeCache(blocked / FOLDER)
     result = bootstrap(refs, [RunInput("magic", cands["magic"])], n_boot=5, seed=0, cache=cache)
     assert result.samples["magic"]["CIDEr"].shape == (5,)
+
+
+def test_ngram_counts_are_pycocoevalcaps(tokenized):
+    from pycocoevalcap.bleu.bleu_scorer import precook
+
+    from bench.report.cider_tables import _precook
+
+    refs, cands = tokenized
+    for text in [r for rs in refs for r in rs] + cands["zerocap"] + ["", "a", "a a a a a", "a b a b"]:
+        words, counts = _precook(text)
+        expected_words, expected = precook(text, 4)
+        assert words == expected_words and dict(counts) == dict(expected), text

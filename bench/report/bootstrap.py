@@ -156,9 +156,10 @@ def _bootstrap(
     corpus = _corpus_samples(refs, runs, all_counts, chunk, progress, cache, seed)
     full: dict[str, dict[str, float]] = {}
     samples: dict[str, dict[str, np.ndarray]] = {}
+    countsf = all_counts.astype(np.float64)
     for r in runs:
         values = dict(corpus[r.name].values)
-        values.update(_other_samples(r, all_counts))
+        values.update(_other_samples(r, countsf))
         full[r.name] = {metric: float(v[0]) for metric, v in values.items()}
         samples[r.name] = {metric: v[1:] for metric, v in values.items()}
     return BootstrapResult(n_boot, seed, full, samples, {r.name: corpus[r.name].cider_per_image for r in runs})
@@ -189,10 +190,10 @@ def _corpus_samples(
     return out
 
 
-def _other_samples(run: RunInput, all_counts: np.ndarray) -> dict[str, np.ndarray]:
-    """METEOR from the jar's statistics and the mean metrics, for every multiplicity row."""
-    n = all_counts.shape[1]
-    countsf = all_counts.astype(np.float64)
+def _other_samples(run: RunInput, countsf: np.ndarray) -> dict[str, np.ndarray]:
+    """METEOR from the jar's statistics and the mean metrics, for every multiplicity row (the
+    multiplicities as float64, converted once per section)."""
+    n = countsf.shape[1]
     out: dict[str, np.ndarray] = {}
     if run.meteor_stats is not None:
         stats = np.asarray(run.meteor_stats, dtype=np.float64)

@@ -73,12 +73,18 @@ class SectionKernel:
         # Rows of the reference norms some run needs; each run's rows as positions among them.
         self.norm_rows = np.unique(np.concatenate([r.rows for r in runs])) if runs else np.zeros(0, np.int64)
         self.ref_sq = _rows(tables.ref_sq, self.norm_rows)
+        # Only the weights of columns some product reads: a re-compare that adds one run to a
+        # cached sweep computes fewer document frequencies.
+        used = [self.ref_sq] + [m for r in runs for m in (r.clip, r.cand_sq)]
+        cols = np.unique(np.concatenate([m.matrix.col_indices().numpy() for m in used]))
+        self.multi = cols[cols < tables.n_multi]
         # df is a sum of integer multiplicities: exact in any order, and fastest in scipy's int32.
         df = tables.df_matrix.matrix
-        self.df = scipy.sparse.csr_matrix(
+        full = scipy.sparse.csr_matrix(
             (df.values().numpy().astype(np.int32), df.col_indices().numpy(), df.crow_indices().numpy()),
             shape=tables.df_matrix.shape,
         )
+        self.df = full[self.multi]
         ref_len = np.log(float(n))
         # df and multiplicities are integers in 0..N: w^2 of each, as idf_weights_sq computes it.
         self.w2_of = (ref_len - np.log(np.maximum(1.0, np.arange(n + 1, dtype=np.float64)))) ** 2
@@ -95,8 +101,8 @@ class SectionKernel:
         chunk of multiplicity rows (b, N)."""
         t = self.tables
         m = np.ascontiguousarray(counts.T, dtype=np.int32)  # (N, b)
-        w2 = np.empty((t.n_cols, m.shape[1]))
-        np.take(self.w2_of, self.df @ m, out=w2[: t.n_multi])
+        w2 = np.zeros((t.n_cols, m.shape[1]))  # columns no product reads stay 0
+        w2[self.multi] = self.w2_of[self.df @ m]
         np.take(self.w2_of, m, out=w2[t.n_multi : t.oov_col])
         w2[t.oov_col] = self.oov_w2
         return w2, np.sqrt(self.ref_sq.matmul(w2))

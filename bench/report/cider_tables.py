@@ -21,12 +21,13 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from itertools import chain
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-_N = 4  # n-gram orders of CIDEr and BLEU
+_N = 4  # n-gram orders of CIDEr and BLEU (_precook spells out the four)
 _SIGMA = 6.0  # CIDEr-D length penalty
 _TINY, _SMALL = 1e-15, 1e-9  # BLEU smoothing constants of pycocoevalcap
 
@@ -85,11 +86,8 @@ class _Csr:
 def _precook(sentence: str) -> tuple[int, dict[tuple[str, ...], int]]:
     """pycocoevalcap's BLEU precook (CIDEr's gives the same counts): (number of words, counts of
     the 1..4-grams of s.split()), counted by Counter in C rather than one tuple at a time."""
-    words = sentence.split()
-    counts: Counter[tuple[str, ...]] = Counter()
-    for k in range(1, _N + 1):
-        counts.update(zip(*(words[i:] for i in range(k))))
-    return len(words), counts
+    w = sentence.split()
+    return len(w), Counter(chain(zip(w), zip(w, w[1:]), zip(w, w[1:], w[2:]), zip(w, w[1:], w[2:], w[3:])))
 
 
 # pycocoevalcap's counts2vec counts the term frequencies of n-grams with index n == 1, i.e. bigrams:
