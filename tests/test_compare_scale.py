@@ -199,3 +199,22 @@ def test_ngram_counts_are_pycocoevalcaps(tokenized):
         words, counts = _precook(text)
         expected_words, expected = precook(text, 4)
         assert words == expected_words and dict(counts) == dict(expected), text
+
+
+def test_a_new_run_sends_only_its_new_texts_to_the_tokenizer(runs_root, monkeypatch):
+    from bench.report import tokens
+    from bench.report.load import find_runs
+
+    first = tokens.tokenize_runs(find_runs(runs_root))
+    magic_run(runs_root, SYSTEMS[2], DATA, limit=60)
+    sent: list[str] = []
+    real = tokens.ptb_tokenize
+    monkeypatch.setattr(tokens, "ptb_tokenize", lambda texts: sent.extend(texts) or real(texts))
+    runs = find_runs(runs_root)
+    again = tokens.tokenize_runs(runs)
+    new = next(r for r in runs if r.run == "contrastive/external")
+    assert sent and set(sent) <= set(new.captions)  # the shared references came from the caches
+    assert {k: again[k] for k in first} == first
+    # Exactly what tokenizing it alone gives.
+    (new.folder / tokens.CACHE_NAME).unlink()
+    assert again[new.run] == tokens.tokenize_runs([new], write_cache=False)[new.run]
