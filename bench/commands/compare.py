@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column
 from rich.table import Table as RichTable
 
 from bench.errors import BenchError
@@ -98,8 +99,10 @@ def compare(
     targets, several = _report_targets(root, data, runs, baseline, out)
 
     err = Console(stderr=True)
-    with Progress(TextColumn("bootstrap {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[run]}"), console=err, transient=True) as bar:
+    # The run being bootstrapped, cut to fit 80 columns beside the section's bar.
+    run_column = TextColumn("{task.fields[run]}", table_column=Column(max_width=16, no_wrap=True, overflow="ellipsis"))
+    with Progress(TextColumn("bootstrap {task.description}"), BarColumn(bar_width=8), MofNCompleteColumn(),
+                  TimeElapsedColumn(), run_column, console=err, transient=True) as bar:
         tasks: dict[str, int] = {}
 
         def progress(label: str, done: int, total: int, run: str) -> None:
