@@ -155,7 +155,7 @@ def _scan_refs(refs: Sequence[Sequence[str]]) -> _RefScan:
             raise ValueError(f"image {i} has no references")
         img_of_ref.extend([i] * len(image_refs))
         cooked.extend(_precook(ref) for ref in image_refs)
-    grams = [g for _, counts in cooked for g in counts]
+    grams = list(chain.from_iterable(counts for _, counts in cooked))
     gram_id = {g: k for k, g in enumerate(dict.fromkeys(grams))}
     as64 = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
     return _RefScan(
@@ -163,8 +163,8 @@ def _scan_refs(refs: Sequence[Sequence[str]]) -> _RefScan:
         as64(img_of_ref),
         as64([words for words, _ in cooked]),
         np.repeat(np.arange(len(cooked), dtype=np.int64), [len(counts) for _, counts in cooked]),
-        as64([gram_id[g] for g in grams]),
-        as64([c for _, counts in cooked for c in counts.values()]),
+        as64(list(map(gram_id.__getitem__, grams))),
+        as64(list(chain.from_iterable(counts.values() for _, counts in cooked))),
     )
 
 
@@ -179,7 +179,11 @@ def _weight_columns(scan: _RefScan, n: int) -> tuple[np.ndarray, int, _Csr]:
     pairs, _ = _unique(scan.entry_gram * n + scan.img_of_ref[scan.entry_ref])  # distinct (n-gram, image)
     pair_gram, pair_img = pairs // n, pairs % n
     n_imgs = np.bincount(pair_gram, minlength=n_grams)
-    multi = sorted(np.flatnonzero(n_imgs > 1).tolist(), key=lambda k: (len(grams[k]), grams[k]))
+    by_order: list[list[tuple[str, ...]]] = [[] for _ in range(_N)]
+    for k in np.flatnonzero(n_imgs > 1).tolist():
+        by_order[len(grams[k]) - 1].append(grams[k])
+    # (order, n-gram) order; tuples compare as the words do.
+    multi = [scan.gram_id[g] for same in by_order for g in sorted(same)]
     n_multi = len(multi)
     col = np.empty(n_grams, dtype=np.int64)
     col[np.asarray(multi, dtype=np.int64)] = np.arange(n_multi)
