@@ -98,7 +98,7 @@ def generate(runs_root: Path, n_runs: int, n_images: int, *, first: int = 0, see
 
 
 def _timed_compare(root: Path, out: Path) -> dict[str, float]:
-    """Wall seconds, CPU seconds (user + system) and peak RSS GB of one `bench compare`'s process
+    """Wall seconds, CPU seconds (user + system) and peak RSS GiB of one `bench compare`'s process
     tree, and the 1-minute load average before it."""
     env = {**os.environ, "BENCH_RUNS": str(root / "runs"), "BENCH_CACHE": str(root / ".cache"),
            "PYTHONPATH": str(REPO)}
@@ -113,7 +113,7 @@ def _timed_compare(root: Path, out: Path) -> dict[str, float]:
         raise RuntimeError(f"bench compare failed: {stderr.decode(errors='replace').strip()[-300:]}")
     # wait4 reports the child with its waited-for descendants (the PTB tokenizer's JVM).
     return {"s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-            "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2), "load_average": round(load, 2)}
+            "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2), "load_average": round(load, 2)}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -164,7 +164,7 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         runs, images = text.split("+")[0].split("x")
         what = f"bench compare, {int(runs)} runs x {int(images):,} images"
         what += ", re-compare after 1 more run" if text.endswith("+1") else ""
-        rows.append((what, f"{v['s']:.1f} s, {v['peak_rss_gb']:.2f} GB",
+        rows.append((what, f"{v['s']:.1f} s, {v['peak_rss_gib']:.2f} GiB",
                      f"wall, peak RSS; {v['cpu_s']:.1f} CPU s; load average {v['load_average']}"))
     rows.append((f"compare time {sizes[1]} / {sizes[0]}", f"{r['compare_scale_ratio']:.2f}",
                  f"wall; CPU-time ratio {r['compare_scale_cpu_ratio']:.2f} (linear: images x5 -> <= 5.5)"))
