@@ -65,7 +65,7 @@ def _splice(a: str, b: str) -> str:
 def generate(runs_root: Path, n_runs: int, n_images: int, *, first: int = 0, seed: int = 0) -> list[Path]:
     """Write runs first .. first + n_runs - 1 of a generated n_images split under runs_root."""
     from bench.paths import shared_data_dir
-    from bench.report.testing import write_run
+    from bench.testing.run_folders import write_run
 
     systems = _systems(shared_data_dir())
     refs, _ = systems[0]

@@ -22,8 +22,10 @@ from bench.report.cider_tables import (
     ref_tables,
 )
 from bench.report.compute_cache import FOLDER, ComputeCache
+from bench.report.load import find_runs
 from bench.report.tokens import ptb_tokenize
-from bench.report.testing import magic_run
+from bench.run.folder import TOKENS, RunFolder
+from bench.testing.run_folders import magic_run
 
 DATA = shared_data_dir()
 pytestmark = pytest.mark.skipif(not (DATA / "external" / "magic-flickr30k").is_dir(), reason="shared data missing")
@@ -153,13 +155,10 @@ def test_other_resamples_seed_or_captions_are_recomputed(runs_root, tmp_path, mo
     build_report(runs_root, tmp_path / "a.md", n_boot=41, cache=True)
     build_report(runs_root, tmp_path / "a.md", n_boot=40, seed=1, cache=True)
     assert [len(s) for s in seen] == [2, 2, 2]
-    pred = runs_root / "zerocap" / "external" / "predictions.jsonl"
-    from bench.io import append_records, read_records
-
-    records = read_records(pred)
-    records[0]["caption"] = "a completely different caption"
-    pred.unlink()
-    append_records(pred, records)
+    run = next(r for r in find_runs(runs_root) if r.run == "zerocap/external")
+    captions = dict(zip(run.image_ids, run.captions))
+    captions[run.image_ids[0]] = "a completely different caption"
+    RunFolder(run.folder).write_predictions(captions)
     seen.clear()
     build_report(runs_root, tmp_path / "a.md", n_boot=40, cache=True)
     assert seen == [["zerocap/external"]]
@@ -203,7 +202,6 @@ def test_ngram_counts_are_pycocoevalcaps(tokenized):
 
 def test_a_new_run_sends_only_its_new_texts_to_the_tokenizer(runs_root, monkeypatch):
     from bench.report import tokens
-    from bench.report.load import find_runs
 
     first = tokens.tokenize_runs(find_runs(runs_root))
     magic_run(runs_root, SYSTEMS[2], DATA, limit=60)
@@ -216,5 +214,5 @@ def test_a_new_run_sends_only_its_new_texts_to_the_tokenizer(runs_root, monkeypa
     assert sent and set(sent) <= set(new.captions)  # the shared references came from the caches
     assert {k: again[k] for k in first} == first
     # Exactly what tokenizing it alone gives.
-    (new.folder / tokens.CACHE_NAME).unlink()
+    RunFolder(new.folder).member(TOKENS).unlink()
     assert again[new.run] == tokens.tokenize_runs([new], write_cache=False)[new.run]

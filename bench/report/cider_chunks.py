@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse
 
 from bench.report.cider_tables import _N, CandTables, RefTables, _Csr, bleu_from_totals
+from bench.scoring.metrics import keys_aggregated
 
 CHUNK_ELEMENTS = 1 << 21  # float64 elements of the largest per-chunk array (16 MiB)
 
@@ -146,7 +147,8 @@ def corpus_samples(
     positions = {name: np.searchsorted(section.norm_rows, k.rows) for name, k in kernels.items()}
     n = tables.n_images
     size = section.chunk_size(chunk)
-    parts: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in kernels}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in kernels}  # CIDEr of each chunk
+    (cider,) = keys_aggregated("cider")
     first: dict[str, np.ndarray] = {}
     steps = -(-len(all_counts) // size) * len(kernels)
     done = 0
@@ -158,7 +160,7 @@ def corpus_samples(
             per_image = section.cider(k, positions[name], w2, root_norms)
             if start == 0:
                 first[name] = per_image[:, 0].copy()
-            parts[name].setdefault("CIDEr", []).append((mf * per_image.T).sum(axis=1) / n)
+            parts[name].append((mf * per_image.T).sum(axis=1) / n)
             done += 1
             if progress is not None:
                 progress(done, steps, name)
@@ -166,7 +168,7 @@ def corpus_samples(
     for name, k in kernels.items():
         # BLEU's totals are sums of integer counts: exact, so one product for every row.
         bleu = bleu_from_totals(all_counts.astype(np.float64) @ k.bleu_stats)
-        values = {f"BLEU-{j + 1}": bleu[:, j] for j in range(_N)}
-        values["CIDEr"] = np.concatenate(parts[name]["CIDEr"])
+        values = {key: bleu[:, j] for j, key in enumerate(keys_aggregated("bleu"))}  # BLEU-1..4
+        values[cider] = np.concatenate(parts[name])
         out[name] = CorpusSamples(values, first[name])
     return out

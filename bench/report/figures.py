@@ -26,7 +26,7 @@ from PIL import Image
 from bench.errors import BenchError
 from bench.io import atomic_write_bytes
 from bench.report.markdown import plain
-from bench.report.section import HEADLINE, RunSummary, Section
+from bench.report.section import RunSummary, Section
 
 DPI = 100
 BARS_WIDTH_IN = 12.0
@@ -79,7 +79,7 @@ def _label(text: str, max_len: int = 40) -> str:
 def metric_bars(section: Section, path: Path) -> Written:
     """One panel per headline metric: a bar per run with its 95% CI whisker."""
     runs = section.runs
-    metrics = section.metrics_present(HEADLINE)
+    metrics = section.metrics_present()
     width, height = bars_size(len(runs), len(metrics))
     fig = _new(width / DPI, height / DPI)
     rows = max(1, -(-len(metrics) // 3))
