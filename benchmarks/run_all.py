@@ -6,6 +6,8 @@ Sections (each measures its figure side by side with its baseline in this same r
 - harness.py     `bench run` end to end vs the bare model script (harness overhead), cache hit;
 - scoring.py     bench's scorer vs pycocoevalcap's scorers alone (1,000 images, 5 metrics);
 - bootstrap.py   95% CIs of one 1,000-image run with 1,000 resamples;
+- compare_scale.py  `bench compare` time and peak RSS at 10 x 1,000, 10 x 5,000, 30 x 5,000 runs x
+                 images, and a re-compare after one more run;
 - real_architectures.py  each default model's real architecture at full width on CPU (LLaVA-1.5-7B
                  at reduced depth): images/s, CPU seconds per image and peak memory;
 - explorer.py    the HTML explorer of 5,000 images x 10 runs in headless Chromium: first render,
@@ -148,6 +150,7 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "bootstrap_seconds_1000x1000" in r:
         rows.append(("bootstrap CIs, 1,000 images x 1,000 resamples", f"{r['bootstrap_seconds_1000x1000']:.1f} s",
                      f"all metrics of one run; {r.get('speedup_vs_naive', '?')}x the pycocoevalcap loop"))
+    rows += _compare_scale_rows(r)
     for name, v in (r.get("real_architectures") or {}).items():
         rows.append((
             f"real architecture on CPU, {name}",
@@ -180,6 +183,12 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("make bench, total", f"{r['make_bench_seconds']:.0f} s", "this run, all sections"))
     rows += [(f"section {name}", "skipped", why.removeprefix("skipped: ")) for name, why in skipped_sections(r).items()]
     return rows
+
+
+def _compare_scale_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    from benchmarks.compare_scale import summary_rows as rows
+
+    return rows(r)
 
 
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -330,7 +339,7 @@ def main() -> None:
     from rich.table import Table
 
     from bench.io import atomic_write_json, atomic_write_text
-    from benchmarks import bootstrap, captioning, explorer, harness, real_architectures, scoring
+    from benchmarks import bootstrap, captioning, compare_scale, explorer, harness, real_architectures, scoring
 
     start = time.perf_counter()
     results: dict[str, Any] = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
@@ -340,6 +349,7 @@ def main() -> None:
     results.update(_section("harness", lambda: harness.run(1 if args.quick else 3, 100 if args.quick else 1000), errors))
     results.update(_section("scoring", lambda: scoring.run(1 if args.quick else 2), errors))
     results.update(_section("bootstrap", lambda: bootstrap.run(), errors))
+    results.update(_section("compare_scale", lambda: compare_scale.run(compare_scale.QUICK if args.quick else compare_scale.SIZES), errors))
     real_models = ("vit-gpt2", "clipscore") if args.quick else real_architectures.MODELS
     results.update(_section("real_architectures", lambda: real_architectures.run(real_models), errors))
     results.update(_section("explorer", lambda: explorer.run(500 if args.quick else 5000, 10, 1 if args.quick else 3), errors))

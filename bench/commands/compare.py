@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column
 from rich.table import Table as RichTable
 
 from bench.errors import BenchError
@@ -107,14 +108,17 @@ def compare(
     targets, several = _report_targets(root, data, runs, baseline, out)
 
     err = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+    # The run being bootstrapped, cut to fit 80 columns beside the section's bar.
+    run_column = TextColumn("{task.fields[run]}", table_column=Column(max_width=16, no_wrap=True, overflow="ellipsis"))
+    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=8), MofNCompleteColumn(),
+                  TimeElapsedColumn(), run_column, console=err, transient=True) as bar:
         tasks: dict[str, int] = {}
 
-        def progress(label: str, done: int, total: int) -> None:
+        def progress(label: str, done: int, total: int, run: str) -> None:
+            # One bar per section; it counts (run, chunk of resamples) steps and names the run.
             if label not in tasks:
-                tasks[label] = bar.add_task(label, total=total)
-            bar.update(tasks[label], completed=done)
+                tasks[label] = bar.add_task(label, total=total, run="")
+            bar.update(tasks[label], completed=done, total=total, run=escape(run))
 
         results = []
         for ds, path, base in targets:
@@ -131,6 +135,7 @@ def compare(
                     seed=seed,
                     progress=progress,
                     judge=judge_spec,
+                    cache=True,  # a re-compare after one new run costs about that run's work
                 )
             )
     for result in results:

@@ -41,11 +41,11 @@ def make_report(out: Path, profile: Profile, *, console: Any = None, progress: b
     from bench.report import build_report
 
     json_out = out.with_suffix(".json")
-    with Progress(TextColumn("bootstrap {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not progress, transient=True) as bar:
         tasks: dict[str, Any] = {}
 
-        def advance(label: str, done: int, total: int) -> None:
+        def advance(label: str, done: int, total: int, run: str) -> None:
             if label not in tasks:
                 tasks[label] = bar.add_task(label, total=total)
             bar.update(tasks[label], completed=done)

@@ -22,18 +22,15 @@ import numpy as np
 import torch
 from pycocoevalcap.rouge.rouge import Rouge
 
+from bench.report.cider_chunks import CorpusSamples, corpus_samples
 from bench.report.cider_tables import (  # noqa: F401  (corpus_* are part of this module's API)
-    _N,
-    bleu_from_totals,
     cand_tables,
-    cider_per_image,
     corpus_bleu,
     corpus_cider,
     corpus_metrics,
-    idf_weights_sq,
-    ref_norms_sq,
     ref_tables,
 )
+from bench.report.compute_cache import ComputeCache
 from bench.report.meteor import corpus_meteor
 from bench.scoring.metrics import keys_aggregated, spec
 from bench.scoring.resample import (  # noqa: F401  (part of this module's API)
@@ -90,15 +87,18 @@ def bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
     chunk: int = 200,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    cache: ComputeCache | None = None,
 ) -> BootstrapResult:
     """Bootstrap every metric of every run on the SAME resamples of images (paired).
 
     `refs` and every run's candidates are tokenized text (PTB, as pycocoevalcap scores it).
-    `progress(k)` is called after each chunk with the number of resamples done.
+    `progress(done, total, run)` is called after each run's share of each chunk of at most
+    `chunk` resamples. With a cache, runs computed before on the same references, resamples and
+    seed are read back instead of recomputed.
     """
     with _one_torch_thread():
-        return _bootstrap(refs, runs, n_boot=n_boot, seed=seed, chunk=chunk, progress=progress)
+        return _bootstrap(refs, runs, n_boot=n_boot, seed=seed, chunk=chunk, progress=progress, cache=cache)
 
 
 @contextmanager
@@ -119,21 +119,23 @@ def _bootstrap(
     n_boot: int,
     seed: int,
     chunk: int,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int, int, str], None] | None,
+    cache: ComputeCache | None,
 ) -> BootstrapResult:
     n = len(refs)
     counts = resample_counts(n, n_boot, seed)
     # Row 0 is the full sample (every image once): the point values.
     all_counts = np.vstack([np.ones((1, n), dtype=np.int64), counts])
-    per_run, cider_full = _corpus_samples(refs, runs, all_counts, chunk, progress)
+    corpus = _corpus_samples(refs, runs, all_counts, chunk, progress, cache, seed)
     full: dict[str, dict[str, float]] = {}
     samples: dict[str, dict[str, np.ndarray]] = {}
+    countsf = all_counts.astype(np.float64)
     for r in runs:
-        values = {metric: np.concatenate(parts) for metric, parts in per_run[r.name].items()}
-        values.update(_other_samples(r, all_counts))
+        values = dict(corpus[r.name].values)
+        values.update(_other_samples(r, countsf))
         full[r.name] = {metric: float(v[0]) for metric, v in values.items()}
         samples[r.name] = {metric: v[1:] for metric, v in values.items()}
-    return BootstrapResult(n_boot, seed, full, samples, cider_full)
+    return BootstrapResult(n_boot, seed, full, samples, {r.name: corpus[r.name].cider_per_image for r in runs})
 
 
 def _corpus_samples(
@@ -141,38 +143,30 @@ def _corpus_samples(
     runs: Sequence[RunInput],
     all_counts: np.ndarray,
     chunk: int,
-    progress: Callable[[int], None] | None,
-) -> tuple[dict[str, dict[str, list[np.ndarray]]], dict[str, np.ndarray]]:
-    """CIDEr and BLEU of every multiplicity row, chunk by chunk; and per-image CIDEr of row 0."""
-    n = len(refs)
-    tables = ref_tables(refs)
-    cands = {r.name: cand_tables(tables, r.cands) for r in runs}
-    corpus_keys = (*keys_aggregated("bleu"), *keys_aggregated("cider"))  # what this loop computes
-    per_run: dict[str, dict[str, list[np.ndarray]]] = {r.name: {m: [] for m in corpus_keys} for r in runs}
-    cider_full: dict[str, np.ndarray] = {}
-    for start in range(0, len(all_counts), chunk):
-        m = all_counts[start : start + chunk]
-        mf = m.astype(np.float64)
-        w2 = idf_weights_sq(tables, m)
-        rn = ref_norms_sq(tables, w2)
-        for r in runs:
-            ct = cands[r.name]
-            per_image = cider_per_image(tables, ct, w2, rn)  # (N, b)
-            if start == 0:
-                cider_full[r.name] = per_image[:, 0].copy()
-            per_run[r.name]["CIDEr"].append((mf * per_image.T).sum(axis=1) / n)
-            bleu = bleu_from_totals(mf @ ct.bleu_stats)
-            for k in range(_N):
-                per_run[r.name][f"BLEU-{k + 1}"].append(bleu[:, k])
-        if progress is not None:
-            progress(min(start + chunk, len(all_counts)) - 1)
-    return per_run, cider_full
+    progress: Callable[[int, int, str], None] | None,
+    cache: ComputeCache | None,
+    seed: int,
+) -> dict[str, CorpusSamples]:
+    """CIDEr and BLEU of every multiplicity row and per-image CIDEr of row 0, for every run:
+    cached runs read back, the others computed together (the reference work once)."""
+    section = cache.section(refs, len(all_counts) - 1, seed) if cache else ""
+    keys = {r.name: cache.key(section, r.cands) for r in runs} if cache else {}
+    out = {r.name: got for r in runs if cache and (got := cache.get(keys[r.name], all_counts.shape)) is not None}
+    todo = [r for r in runs if r.name not in out]
+    if todo:
+        tables = ref_tables(refs)
+        computed = corpus_samples(tables, {r.name: cand_tables(tables, r.cands) for r in todo}, all_counts, chunk, progress)
+        for name, result in computed.items():
+            if cache:
+                cache.put(keys[name], result)
+            out[name] = result
+    return out
 
 
-def _other_samples(run: RunInput, all_counts: np.ndarray) -> dict[str, np.ndarray]:
-    """METEOR from the jar's statistics and the mean metrics, for every multiplicity row."""
-    n = all_counts.shape[1]
-    countsf = all_counts.astype(np.float64)
+def _other_samples(run: RunInput, countsf: np.ndarray) -> dict[str, np.ndarray]:
+    """METEOR from the jar's statistics and the mean metrics, for every multiplicity row (the
+    multiplicities as float64, converted once per section)."""
+    n = countsf.shape[1]
     out: dict[str, np.ndarray] = {}
     if run.meteor_stats is not None:
         stats = np.asarray(run.meteor_stats, dtype=np.float64)

@@ -29,8 +29,11 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.io import atomic_write_text
+from bench.paths import cache_dir
 from bench.report import adjusted, judged
 from bench.report import figures as figs
+from bench.report.compute_cache import FOLDER as COMPUTE_CACHE
+from bench.report.compute_cache import ComputeCache
 from bench.report.diagnostics import Cost
 from bench.report.html import write_html
 from bench.report.load import RunData, find_runs
@@ -280,24 +283,28 @@ def build_report(
     json_out: Path | None = None,
     n_boot: int = 1000,
     seed: int = 0,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[[str, int, int, str], None] | None = None,
     now: _dt.datetime | None = None,
     judge: Any | None = None,
+    cache: bool = False,
 ) -> ReportResult:
     """Write the comparison report of the finished runs under runs_root (see module doc).
 
-    `progress(section_title, done, total)` is called while bootstrapping. `judge` (a
-    bench.judge.JudgeSpec) adds the judge metric; off by default.
+    `progress(section_label, done, total, run)` is called while bootstrapping `run`. With
+    `cache`, what the bootstrap computed per run is kept in (and read from) .cache/compare/.
+    `judge` (a bench.judge.JudgeSpec) adds the judge metric; off by default.
     """
     runs = _selected_runs(Path(runs_root), dataset, runs_glob, baseline, n_boot)
     runs, judge_notes = judged.with_judge_scores(runs, judge)
     tokens = tokenize_runs(runs)
     groups, mismatch = group_runs(runs)
     sections: list[Section] = []
+    store = ComputeCache(cache_dir() / COMPUTE_CACHE if cache else None)
     for group in groups:
         label = f"bootstrap {group[0].dataset} ({len(group)} runs)"
-        cb = None if progress is None else (lambda done, label=label: progress(label, done, n_boot))
-        sections.append(analyse_section(group, tokens, baseline=baseline, n_boot=n_boot, seed=seed, progress=cb))
+        cb = None if progress is None else (lambda done, total, run, label=label: progress(label, done, total, run))
+        sections.append(analyse_section(group, tokens, baseline=baseline, n_boot=n_boot, seed=seed, progress=cb,
+                                        cache=store))
         sections[-1].notes[:0] = judged.section_notes(judge_notes, group)
 
     out = Path(out)
@@ -307,8 +314,10 @@ def build_report(
     payload = _json_payload(sections, notes, n_boot, seed)
     payload.update(judged.payload(judge))
     titles = [_section_title(s, sum(t.dataset == s.dataset for t in sections) > 1) for s in sections]
+    # The page's thumbnails report on the same bars as the bootstrap, with no run to name.
+    html_progress = None if progress is None else (lambda label, done, total: progress(label, done, total, ""))
     page = write_html(out.with_suffix(".html"), sections, titles, payload, [w.path for w in written],
-                      _stamp(now), progress)
+                      _stamp(now), html_progress)
     if csv is not None:
         buf = io.StringIO()
         pd.DataFrame([row for s in sections for row in _csv_rows(s)]).to_csv(buf, index=False, lineterminator="\n")

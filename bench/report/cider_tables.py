@@ -19,19 +19,31 @@ Details checked against pycocoevalcap 1.2 cider_scorer.py (and tested for equali
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from itertools import chain
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from pycocoevalcap.bleu.bleu_scorer import precook as _bleu_precook
 
-_N = 4  # n-gram orders of CIDEr and BLEU
+_N = 4  # n-gram orders of CIDEr and BLEU (_precook spells out the four)
 _SIGMA = 6.0  # CIDEr-D length penalty
 _TINY, _SMALL = 1e-15, 1e-9  # BLEU smoothing constants of pycocoevalcap
 
 
 # --- sparse matrices ------------------------------------------------------------------------------
+
+def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct keys, index of each key among them): np.unique(return_inverse=True) by
+    one argsort, several times faster on a million keys."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    first = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]] if len(keys) else np.zeros(0, dtype=bool)
+    inverse = np.empty(len(keys), dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return sorted_keys[first], inverse
+
 
 @dataclass(frozen=True)
 class _Csr:
@@ -48,10 +60,9 @@ class _Csr:
         c = np.asarray(cols, dtype=np.int64)
         v = np.asarray(vals, dtype=np.float64)
         key = r * shape[1] + c
-        uniq, inverse = np.unique(key, return_inverse=True)
+        uniq, inverse = _unique(key)
         summed = np.bincount(inverse, weights=v, minlength=len(uniq)) if len(uniq) else np.zeros(0)
-        indptr = np.zeros(shape[0] + 1, dtype=np.int64)
-        np.add.at(indptr, uniq // shape[1] + 1, 1)
+        indptr = np.bincount(uniq // shape[1] + 1, minlength=shape[0] + 1) if len(uniq) else np.zeros(shape[0] + 1, np.int64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
             matrix = torch.sparse_csr_tensor(
@@ -73,32 +84,39 @@ class _Csr:
 # --- per-section reference tables and per-run candidate tables ---------------------------------
 
 def _precook(sentence: str) -> tuple[int, dict[tuple[str, ...], int]]:
-    # pycocoevalcap's BLEU precook: (number of words, counts of 1..4-grams of s.split()); CIDEr's
-    # precook gives the same counts.
-    return _bleu_precook(sentence, _N)
+    """pycocoevalcap's BLEU precook (CIDEr's gives the same counts): (number of words, counts of
+    the 1..4-grams of s.split()), counted by Counter in C rather than one tuple at a time."""
+    w = sentence.split()
+    return len(w), Counter(chain(zip(w), zip(w, w[1:]), zip(w, w[1:], w[2:]), zip(w, w[1:], w[2:], w[3:])))
 
 
-def _bigram_len(sentence: str) -> int:
-    # pycocoevalcap's counts2vec counts the term frequencies of n-grams with index n == 1, i.e.
-    # bigrams: the "length" in the penalty is words - 1 (0 for an empty or one-word sentence).
-    return max(len(sentence.split()) - 1, 0)
+# pycocoevalcap's counts2vec counts the term frequencies of n-grams with index n == 1, i.e. bigrams:
+# the "length" in CIDEr's penalty is words - 1 (0 for an empty or one-word sentence).
 
 
 @dataclass
 class RefTables:
-    """Everything about the references of one image set that CIDEr and BLEU need."""
+    """Everything about the references of one image set that CIDEr and BLEU need, as arrays.
+
+    Every distinct reference n-gram has an id; an "entry" is one (reference, n-gram) pair.
+    """
 
     n_images: int
     n_refs: np.ndarray  # (N,)
     img_of_ref: np.ndarray  # (J,) image of each reference, references grouped by image
     ref_len: np.ndarray  # (J,) bigram counts
-    ref_counts: list[dict[tuple[str, ...], int]]  # per reference
-    col_of: dict[tuple[str, ...], int]  # n-gram -> weight column (multi-image n-grams, or the single image's column)
+    gram_id: dict[tuple[str, ...], int]  # reference n-gram -> id
+    gram_col: np.ndarray  # (G,) weight column of each n-gram (its own, or its single image's)
+    gram_order: np.ndarray  # (G,) n - 1
+    entry_ref: np.ndarray  # (E,) reference of each entry
+    entry_gram: np.ndarray  # (E,) n-gram id of each entry
+    entry_count: np.ndarray  # (E,) its count in that reference
+    maxc_key: np.ndarray  # sorted image * G + n-gram id of every n-gram of an image's references
+    maxc: np.ndarray  # its largest count over the image's references (BLEU's clipping)
+    reflens: np.ndarray  # (N, most refs) word counts of each image's references, padded with _PAD
     n_multi: int
     df_matrix: _Csr  # (n_multi, N): 1 where the image's references contain the n-gram
     ref_sq: _Csr  # (J*4, n_cols): r_g^2 per reference and order
-    bleu_reflens: list[list[int]]
-    bleu_maxcounts: list[dict[tuple[str, ...], int]]
 
     @property
     def n_cols(self) -> int:
@@ -108,61 +126,87 @@ class RefTables:
     def oov_col(self) -> int:
         return self.n_multi + self.n_images
 
+    entry_key: np.ndarray = field(init=False)  # (E,) image * G + n-gram id of each entry
+
+    def __post_init__(self) -> None:
+        self.entry_key = self.img_of_ref[self.entry_ref] * len(self.gram_col) + self.entry_gram
+
+
+_PAD = 10**9  # a reference length no caption is closest to
+
 
 @dataclass
 class _RefScan:
     """What one pass over the references collects."""
 
-    ref_counts: list[dict[tuple[str, ...], int]]
-    img_of_ref: list[int]
-    images_of: dict[tuple[str, ...], list[int]]  # n-gram -> images whose references contain it
-    bleu_reflens: list[list[int]]
-    bleu_maxcounts: list[dict[tuple[str, ...], int]]
+    gram_id: dict[tuple[str, ...], int]
+    img_of_ref: np.ndarray
+    n_words: np.ndarray  # (J,)
+    entry_ref: np.ndarray
+    entry_gram: np.ndarray
+    entry_count: np.ndarray
 
 
 def _scan_refs(refs: Sequence[Sequence[str]]) -> _RefScan:
-    scan = _RefScan([], [], {}, [], [])
+    img_of_ref: list[int] = []
+    cooked: list[tuple[int, dict[tuple[str, ...], int]]] = []
     for i, image_refs in enumerate(refs):
         if len(image_refs) == 0:
             raise ValueError(f"image {i} has no references")
-        seen: set[tuple[str, ...]] = set()
-        maxcounts: dict[tuple[str, ...], int] = {}
-        lens: list[int] = []
-        for ref in image_refs:
-            rl, counts = _precook(ref)
-            scan.ref_counts.append(counts)
-            scan.img_of_ref.append(i)
-            seen.update(counts)
-            lens.append(rl)
-            for g, c in counts.items():
-                if c > maxcounts.get(g, 0):
-                    maxcounts[g] = c
-        for g in seen:
-            scan.images_of.setdefault(g, []).append(i)
-        scan.bleu_reflens.append(lens)
-        scan.bleu_maxcounts.append(maxcounts)
-    return scan
+        img_of_ref.extend([i] * len(image_refs))
+        cooked.extend(_precook(ref) for ref in image_refs)
+    grams = list(chain.from_iterable(counts for _, counts in cooked))
+    gram_id = {g: k for k, g in enumerate(dict.fromkeys(grams))}
+    as64 = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
+    return _RefScan(
+        gram_id,
+        as64(img_of_ref),
+        as64([words for words, _ in cooked]),
+        np.repeat(np.arange(len(cooked), dtype=np.int64), [len(counts) for _, counts in cooked]),
+        as64(list(map(gram_id.__getitem__, grams))),
+        as64(list(chain.from_iterable(counts.values() for _, counts in cooked))),
+    )
 
 
-def _weight_columns(images_of: dict[tuple[str, ...], list[int]], n: int) -> tuple[dict[tuple[str, ...], int], int, _Csr]:
-    """n-gram -> weight column, the number of multi-image columns, and their df matrix.
+def _weight_columns(scan: _RefScan, n: int) -> tuple[np.ndarray, int, _Csr]:
+    """Weight column of every n-gram id, the number of multi-image columns, and their df matrix.
 
-    Multi-image n-grams get their own weight column; an n-gram of a single image shares that
-    image's column (its df is that image's multiplicity).
+    Multi-image n-grams get their own weight column, in (order, n-gram) order; an n-gram of a
+    single image shares that image's column (its df is that image's multiplicity).
     """
-    col_of: dict[tuple[str, ...], int] = {}
-    df_rows: list[int] = []
-    df_cols: list[int] = []
-    multi = sorted((g for g, imgs in images_of.items() if len(imgs) > 1), key=lambda g: (len(g), g))
-    for k, g in enumerate(multi):
-        col_of[g] = k
-        df_rows.extend([k] * len(images_of[g]))
-        df_cols.extend(images_of[g])
+    grams = list(scan.gram_id)
+    n_grams = len(grams)
+    pairs, _ = _unique(scan.entry_gram * n + scan.img_of_ref[scan.entry_ref])  # distinct (n-gram, image)
+    pair_gram, pair_img = pairs // n, pairs % n
+    n_imgs = np.bincount(pair_gram, minlength=n_grams)
+    by_order: list[list[tuple[str, ...]]] = [[] for _ in range(_N)]
+    for k in np.flatnonzero(n_imgs > 1).tolist():
+        by_order[len(grams[k]) - 1].append(grams[k])
+    # (order, n-gram) order; tuples compare as the words do.
+    multi = [scan.gram_id[g] for same in by_order for g in sorted(same)]
     n_multi = len(multi)
-    for g, imgs in images_of.items():
-        if len(imgs) == 1:
-            col_of[g] = n_multi + imgs[0]
-    return col_of, n_multi, _Csr.build(df_rows, df_cols, np.ones(len(df_rows)), (n_multi, n))
+    col = np.empty(n_grams, dtype=np.int64)
+    col[np.asarray(multi, dtype=np.int64)] = np.arange(n_multi)
+    single = n_imgs[pair_gram] == 1
+    col[pair_gram[single]] = n_multi + pair_img[single]
+    df_rows = col[pair_gram[~single]]
+    df = _Csr.build(df_rows, pair_img[~single], np.ones(len(df_rows)), (n_multi, n))
+    return col, n_multi, df
+
+
+def _bleu_refs(scan: _RefScan, n: int, n_grams: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted image*G+n-gram keys, their largest count over the image's references, padded word
+    counts of each image's references)."""
+    key = scan.img_of_ref[scan.entry_ref] * n_grams + scan.entry_gram
+    order = np.argsort(key, kind="stable")
+    key, counts = key[order], scan.entry_count[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    n_refs = np.bincount(scan.img_of_ref, minlength=n)
+    reflens = np.full((n, int(n_refs.max())), _PAD, dtype=np.int64)
+    first = np.r_[0, np.cumsum(n_refs)[:-1]]
+    slot = np.arange(len(scan.img_of_ref)) - first[scan.img_of_ref]
+    reflens[scan.img_of_ref, slot] = scan.n_words
+    return key[starts], np.maximum.reduceat(counts, starts), reflens
 
 
 def ref_tables(refs: Sequence[Sequence[str]]) -> RefTables:
@@ -171,26 +215,30 @@ def ref_tables(refs: Sequence[Sequence[str]]) -> RefTables:
     if n == 0:
         raise ValueError("no images")
     scan = _scan_refs(refs)
-    col_of, n_multi, df_matrix = _weight_columns(scan.images_of, n)
-    rows, cols, vals = [], [], []
-    for j, counts in enumerate(scan.ref_counts):
-        for g, c in counts.items():
-            rows.append(j * _N + len(g) - 1)
-            cols.append(col_of[g])
-            vals.append(float(c * c))
-    n_cols = n_multi + n + 1
+    grams = list(scan.gram_id)
+    col, n_multi, df_matrix = _weight_columns(scan, n)
+    order = np.asarray([len(g) - 1 for g in grams], dtype=np.int64)
+    n_refs_img = len(scan.img_of_ref)
+    rows = scan.entry_ref * _N + order[scan.entry_gram]
+    vals = (scan.entry_count * scan.entry_count).astype(np.float64)
+    maxc_key, maxc, reflens = _bleu_refs(scan, n, len(grams))
     return RefTables(
         n_images=n,
-        n_refs=np.bincount(np.asarray(scan.img_of_ref), minlength=n).astype(np.float64),
-        img_of_ref=np.asarray(scan.img_of_ref, dtype=np.int64),
-        ref_len=np.asarray([_bigram_len(r) for image_refs in refs for r in image_refs], dtype=np.float64),
-        ref_counts=scan.ref_counts,
-        col_of=col_of,
+        n_refs=np.bincount(scan.img_of_ref, minlength=n).astype(np.float64),
+        img_of_ref=scan.img_of_ref,
+        ref_len=np.maximum(scan.n_words - 1, 0).astype(np.float64),
+        gram_id=scan.gram_id,
+        gram_col=col,
+        gram_order=order,
+        entry_ref=scan.entry_ref,
+        entry_gram=scan.entry_gram,
+        entry_count=scan.entry_count,
+        maxc_key=maxc_key,
+        maxc=maxc,
+        reflens=reflens,
         n_multi=n_multi,
         df_matrix=df_matrix,
-        ref_sq=_Csr.build(rows, cols, vals, (len(scan.ref_counts) * _N, n_cols)),
-        bleu_reflens=scan.bleu_reflens,
-        bleu_maxcounts=scan.bleu_maxcounts,
+        ref_sq=_Csr.build(rows, col[scan.entry_gram], vals, (n_refs_img * _N, n_multi + n + 1)),
     )
 
 
@@ -204,46 +252,59 @@ class CandTables:
     bleu_stats: np.ndarray  # (N, 10): testlen, reflen, guess 1..4, correct 1..4
 
 
+def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of `wanted` found in the sorted `keys`, the values of those found)."""
+    if len(keys) == 0:
+        return np.zeros(len(wanted), dtype=bool), values[:0]
+    pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    hit = keys[pos] == wanted
+    return hit, values[pos[hit]]
+
+
 def cand_tables(tables: RefTables, cands: Sequence[str]) -> CandTables:
-    if len(cands) != tables.n_images:
-        raise ValueError(f"{len(cands)} candidates for {tables.n_images} images")
+    n = tables.n_images
+    if len(cands) != n:
+        raise ValueError(f"{len(cands)} candidates for {n} images")
     cooked = [_precook(c) for c in cands]
-    cand_counts = [counts for _, counts in cooked]
-    rows, cols, vals = [], [], []
-    for i, counts in enumerate(cand_counts):
-        for g, c in counts.items():
-            rows.append(i * _N + len(g) - 1)
-            cols.append(tables.col_of.get(g, tables.oov_col))
-            vals.append(float(c * c))
-    cand_sq = _Csr.build(rows, cols, vals, (tables.n_images * _N, tables.n_cols))
+    get = tables.gram_id.get
+    img = np.repeat(np.arange(n, dtype=np.int64), [len(counts) for _, counts in cooked])
+    grams = [g for _, counts in cooked for g in counts]
+    gid = np.asarray([get(g, -1) for g in grams], dtype=np.int64)
+    cnt = np.asarray([c for _, counts in cooked for c in counts.values()], dtype=np.int64)
+    order = np.asarray([len(g) - 1 for g in grams], dtype=np.int64)
+    known = gid >= 0
+    cols = np.where(known, tables.gram_col[np.maximum(gid, 0)], tables.oov_col)
+    cand_sq = _Csr.build(img * _N + order, cols, (cnt * cnt).astype(np.float64), (n * _N, tables.n_cols))
 
-    rows, cols, vals = [], [], []
-    for j, ref in enumerate(tables.ref_counts):
-        cc = cand_counts[tables.img_of_ref[j]]
-        for g, c in cc.items():
-            r = ref.get(g)
-            if r:
-                rows.append(j * _N + len(g) - 1)
-                cols.append(tables.col_of[g])
-                vals.append(float(min(c, r) * r))
-    clip_sq = _Csr.build(rows, cols, vals, (len(tables.ref_counts) * _N, tables.n_cols))
+    # Entries of the references that the candidate of their image shares an n-gram with.
+    key = img[known] * len(tables.gram_col) + gid[known]
+    by_key = np.argsort(key)
+    hit, c = _lookup(key[by_key], cnt[known][by_key], tables.entry_key)
+    r, g = tables.entry_count[hit], tables.entry_gram[hit]
+    clip_sq = _Csr.build(tables.entry_ref[hit] * _N + tables.gram_order[g], tables.gram_col[g],
+                         (np.minimum(c, r) * r).astype(np.float64), (len(tables.img_of_ref) * _N, tables.n_cols))
 
-    cand_len = np.asarray([_bigram_len(c) for c in cands], dtype=np.float64)
-    delta = cand_len[tables.img_of_ref] - tables.ref_len
+    testlen = np.asarray([words for words, _ in cooked], dtype=np.int64)
+    delta = np.maximum(testlen - 1, 0).astype(np.float64)[tables.img_of_ref] - tables.ref_len
     penalty = np.e ** (-(delta**2) / (2 * _SIGMA**2))
+    return CandTables(clip_sq, cand_sq, penalty, _bleu_stats(tables, testlen, img[known], order[known], key, cnt[known]))
 
-    stats = np.zeros((tables.n_images, 2 + 2 * _N), dtype=np.float64)
-    for i, (testlen, counts) in enumerate(cooked):
-        # "closest" reference length, ties to the shorter one (pycocoevalcap's cook_test).
-        reflen = min((abs(rl - testlen), rl) for rl in tables.bleu_reflens[i])[1]
-        maxc = tables.bleu_maxcounts[i]
-        correct = [0] * _N
-        for g, c in counts.items():
-            correct[len(g) - 1] += min(maxc.get(g, 0), c)
-        stats[i, 0], stats[i, 1] = testlen, reflen
-        stats[i, 2 : 2 + _N] = [max(0, testlen - k + 1) for k in range(1, _N + 1)]
-        stats[i, 2 + _N :] = correct
-    return CandTables(clip_sq, cand_sq, penalty, stats)
+
+def _bleu_stats(tables: RefTables, testlen: np.ndarray, img: np.ndarray, order: np.ndarray, key: np.ndarray,
+                cnt: np.ndarray) -> np.ndarray:
+    """(N, 10): testlen, the closest reference length (ties to the shorter one, pycocoevalcap's
+    cook_test), guesses and clipped correct counts of orders 1..4."""
+    n = tables.n_images
+    diff = np.abs(tables.reflens - testlen[:, None])
+    closest = np.argmin(diff * (2 * _PAD) + tables.reflens, axis=1)
+    hit, maxc = _lookup(tables.maxc_key, tables.maxc, key)
+    correct = np.bincount(img[hit] * _N + order[hit], weights=np.minimum(maxc, cnt[hit]), minlength=n * _N)
+    stats = np.zeros((n, 2 + 2 * _N), dtype=np.float64)
+    stats[:, 0] = testlen
+    stats[:, 1] = tables.reflens[np.arange(n), closest]
+    stats[:, 2 : 2 + _N] = np.maximum(0, testlen[:, None] - np.arange(_N)[None, :])
+    stats[:, 2 + _N :] = correct.reshape(n, _N)
+    return stats
 
 
 # --- metric kernels on a chunk of multiplicity rows ----------------------------------------------

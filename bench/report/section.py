@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.report.bootstrap import BootstrapResult, RunInput, bootstrap, rouge_per_image
+from bench.report.compute_cache import ComputeCache
 from bench.report.diagnostics import Cost, Degeneration, cost, degeneration, recorded_count
 from bench.report.load import RunData
 from bench.report.meteor import JarStats
@@ -166,7 +167,8 @@ def analyse_section(
     baseline: str | None,
     n_boot: int,
     seed: int,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    cache: ComputeCache | None = None,
 ) -> Section:
     first = group[0]
     order = sorted(range(len(first.image_ids)), key=lambda k: first.image_ids[k])
@@ -174,7 +176,7 @@ def analyse_section(
     ref_tokens = [tokens[first.run].refs[k] for k in order]
     inputs = _bootstrap_inputs(group, tokens, image_ids, ref_tokens)
 
-    boot = bootstrap(ref_tokens, inputs, n_boot=n_boot, seed=seed, progress=progress)
+    boot = bootstrap(ref_tokens, inputs, n_boot=n_boot, seed=seed, progress=progress, cache=cache)
 
     notes: list[str] = []
     summaries = [_run_summary(run, inp.cands, dict(inp.per_image), boot, notes) for run, inp in zip(group, inputs)]

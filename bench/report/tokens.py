@@ -57,11 +57,20 @@ def tokenize_runs(runs: Sequence[RunData], *, write_cache: bool = True) -> dict[
             todo.append((run, digest))
     if not todo:
         return out
+    # The tokenizer works line by line, so a text already tokenized in another run's cache (the
+    # references every run of a split shares) is not sent to the JVM again.
+    known: dict[str, str] = {}
+    for run in runs:
+        if run.run in out:
+            known.update(zip(run.captions, out[run.run].captions))
+            known.update(zip((r for refs in run.refs for r in refs), (t for refs in out[run.run].refs for t in refs)))
     texts: list[str] = []
     for run, _ in todo:
         texts.extend(run.captions)
         texts.extend(r for refs in run.refs for r in refs)
-    tokens = iter(ptb_tokenize(texts))
+    new = sorted({t for t in texts if t not in known})
+    known.update(zip(new, ptb_tokenize(new)))
+    tokens = iter([known[t] for t in texts])
     for run, digest in todo:
         caps = tuple(next(tokens) for _ in run.captions)
         refs = tuple(tuple(next(tokens) for _ in image_refs) for image_refs in run.refs)
