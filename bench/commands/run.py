@@ -23,7 +23,10 @@ def _check_device(device: str) -> None:
         raise BenchError(f"--device {device}: must be one of {', '.join(DEVICES)} (or cuda:N)")
 
 
-def _settings_for(setting: str | None, prompt: str | None, group: str | None, models: list[str] | None = None) -> list[Any]:
+def _settings_for(
+    setting: str | None, prompt: str | None, group: str | None, models: list[str] | None = None,
+    endpoint: str | None = None, api_key_env: str | None = None,
+) -> list[Any]:
     """The settings to run, sweeps expanded into one setting per (prompt, model)."""
     from bench.settings import expanded, load_setting, prompt_setting, settings_in_group
 
@@ -32,10 +35,17 @@ def _settings_for(setting: str | None, prompt: str | None, group: str | None, mo
         raise BenchError("bench run: give exactly one of --setting NAME, --prompt NAME or --group NAME")
     if models and not prompt:
         raise BenchError("bench run --model: give it with --prompt NAME (a setting names its models itself)")
+    if (endpoint or api_key_env) and not models:
+        flag = "--endpoint" if endpoint else "--api-key-env"
+        raise BenchError(f"bench run {flag}: give it with --prompt NAME --model SERVED_NAME")
+    if api_key_env and not endpoint:
+        raise BenchError("bench run --api-key-env: give it with --endpoint URL")
     if setting:
         return expanded([load_setting(setting)])
     if prompt:
-        return [prompt_setting(prompt, model=m) for m in models] if models else [prompt_setting(prompt)]
+        if models:
+            return [prompt_setting(prompt, model=m, endpoint=endpoint, api_key_env=api_key_env) for m in models]
+        return [prompt_setting(prompt)]
     return expanded(settings_in_group(group or ""))
 
 
@@ -127,6 +137,12 @@ def run(
         list[str] | None,
         typer.Option("--model", "-m", help="With --prompt: this hub id or model folder on the vlm backend (run prompt-NAME--MODEL); repeat for several."),
     ] = None,
+    endpoint: Annotated[str | None, typer.Option(
+        "--endpoint", help="With --model: the OpenAI-compatible URL serving it (openai backend), e.g. http://127.0.0.1:8000/v1.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(
+        "--api-key-env", help="With --endpoint: the environment variable holding the endpoint's key.")] = None,
+    shard: Annotated[str | None, typer.Option(
+        "--shard", help="I/N: run only the I-th of N deterministic shares of the planned runs (job arrays).")] = None,
     group: Annotated[str | None, typer.Option("--group", "-g", help="Run every setting of this group, in order.")] = None,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="Only this backend of the setting.")] = None,
     data: Annotated[str | None, typer.Option("--data", help="Dataset name or .toml path (overrides the setting).")] = None,
@@ -152,7 +168,13 @@ def run(
     from bench.tracking import check_trackers
 
     trackers = check_trackers(log_with or [])  # a missing extra fails before any work
-    plans = _plans(_settings_for(setting, prompt, group, model), backend, data, limit)
+    from bench.shards import parse_shard, shard_share
+
+    share = parse_shard(shard) if shard is not None else None
+    plans = _plans(_settings_for(setting, prompt, group, model, endpoint, api_key_env), backend, data, limit)
+    if share is not None:
+        plans = shard_share(plans, *share)
+        console.print(f"shard {share[0]}/{share[1]}: {len(plans)} run(s): {', '.join(p.name for p in plans) or 'none'}")
     done = []
     with ScorerPool() as scorers:  # CLIP and the METEOR JVM load once for all the runs of this command
         for plan in plans:

@@ -157,6 +157,10 @@ def _section_md(section: Section, index: int, several: bool, out: Path, fig_dir:
     bars = figs.metric_bars(section, fig_dir / f"{prefix}-metrics.png")
     written.append(bars)
     md.append(f"![metrics with 95% CIs]({link(_rel(bars.path, out.parent))})\n")
+    priced = figs.quality_vs_cost(section, fig_dir / f"{prefix}-cost.png")
+    if priced is not None:
+        written.append(priced)
+        md.append(f"![quality vs $ per 1,000 captions]({link(_rel(priced.path, out.parent))})\n")
     lora = [r for r in section.runs if r.data.kind == "lora"]
     loss = figs.loss_curves(lora, fig_dir / f"{prefix}-loss.png")
     if loss is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
+from bench.cost import run_cost
 from bench.io import read_json
 from bench.run.environment import git_commit, library_versions, peak_memory
 from bench.run.plan import RunPlan, run_label
@@ -118,6 +119,9 @@ def build_results(
         "n_images": len(plan.samples),
         # Captions cut by generation.max_new_tokens without an end token (fragments, scored as is).
         "n_truncated": int(state.get("caption", {}).get("n_truncated", 0)),
+        # An endpoint run (bench.backends.served): server model ids, fingerprints, tokens, failures.
+        **({"n_failed": int(state["served"].get("n_failed", 0)), "served": state["served"]} if state.get("served") else {}),
+        "cost": run_cost(setting.cost, state, len(plan.samples)),
         "metrics": dict(scored.get("corpus", {})),
         "params": _params(state.get("train")),
         "timings": _timings(state, score_s),
