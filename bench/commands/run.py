@@ -18,9 +18,26 @@ from bench.errors import BenchError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
+# Options of the endpoint backend and of job arrays (bench.backends.served, bench.shards).
+EndpointOption = Annotated[str | None, typer.Option(
+    "--endpoint", help="With --model: the OpenAI-compatible URL serving it (openai backend), e.g. http://127.0.0.1:8000/v1.")]
+KeyEnvOption = Annotated[str | None, typer.Option(
+    "--api-key-env", help="With --endpoint: the environment variable holding the endpoint's key.")]
+ShardOption = Annotated[str | None, typer.Option(
+    "--shard", help="I/N: run only the I-th of N deterministic shares of the planned runs (job arrays).")]
+
+
 def _check_device(device: str) -> None:
     if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise BenchError(f"--device {device}: must be one of {', '.join(DEVICES)} (or cuda:N)")
+
+
+def _check_flags(device: str, limit: int | None, workers: int) -> None:
+    _check_device(device)
+    if limit is not None and limit < 1:
+        raise BenchError(f"--limit must be >= 1 (got {limit})")
+    if workers < 0:
+        raise BenchError(f"--workers must be >= 0 (got {workers})")
 
 
 def _settings_for(
@@ -69,6 +86,19 @@ def _plans(settings: list[Any], backend: str | None, data: str | None, limit: in
         plans.extend(plan_run(s, b, limit=limit, dataset=data, splits=splits) for b in backends)
     if not plans:
         raise BenchError(f"--backend {backend}: no setting of this group runs it")
+    return plans
+
+
+def _sharded(console: Console, shard: str | None, plan_all: Any) -> list[Any]:
+    """Every planned run, or with --shard I/N only the I-th share (bench.shards)."""
+    from bench.shards import parse_shard, shard_share
+
+    share = parse_shard(shard) if shard is not None else None  # a bad --shard fails before planning
+    plans = plan_all()
+    if share is None:
+        return plans
+    plans = shard_share(plans, *share)
+    console.print(f"shard {share[0]}/{share[1]}: {len(plans)} run(s): {', '.join(p.name for p in plans) or 'none'}")
     return plans
 
 
@@ -137,12 +167,7 @@ def run(
         list[str] | None,
         typer.Option("--model", "-m", help="With --prompt: this hub id or model folder on the vlm backend (run prompt-NAME--MODEL); repeat for several."),
     ] = None,
-    endpoint: Annotated[str | None, typer.Option(
-        "--endpoint", help="With --model: the OpenAI-compatible URL serving it (openai backend), e.g. http://127.0.0.1:8000/v1.")] = None,
-    api_key_env: Annotated[str | None, typer.Option(
-        "--api-key-env", help="With --endpoint: the environment variable holding the endpoint's key.")] = None,
-    shard: Annotated[str | None, typer.Option(
-        "--shard", help="I/N: run only the I-th of N deterministic shares of the planned runs (job arrays).")] = None,
+    endpoint: EndpointOption = None, api_key_env: KeyEnvOption = None, shard: ShardOption = None,
     group: Annotated[str | None, typer.Option("--group", "-g", help="Run every setting of this group, in order.")] = None,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="Only this backend of the setting.")] = None,
     data: Annotated[str | None, typer.Option("--data", help="Dataset name or .toml path (overrides the setting).")] = None,
@@ -160,21 +185,12 @@ def run(
 
     # Under `accelerate launch` / torchrun every process runs this; rank 0 alone prints.
     console = Console(highlight=False, quiet=not is_main_process())
-    _check_device(device)
-    if limit is not None and limit < 1:
-        raise BenchError(f"--limit must be >= 1 (got {limit})")
-    if workers < 0:
-        raise BenchError(f"--workers must be >= 0 (got {workers})")
+    _check_flags(device, limit, workers)
     from bench.tracking import check_trackers
 
     trackers = check_trackers(log_with or [])  # a missing extra fails before any work
-    from bench.shards import parse_shard, shard_share
-
-    share = parse_shard(shard) if shard is not None else None
-    plans = _plans(_settings_for(setting, prompt, group, model, endpoint, api_key_env), backend, data, limit)
-    if share is not None:
-        plans = shard_share(plans, *share)
-        console.print(f"shard {share[0]}/{share[1]}: {len(plans)} run(s): {', '.join(p.name for p in plans) or 'none'}")
+    chosen = _settings_for(setting, prompt, group, model, endpoint, api_key_env)
+    plans = _sharded(console, shard, lambda: _plans(chosen, backend, data, limit))
     done = []
     with ScorerPool() as scorers:  # CLIP and the METEOR JVM load once for all the runs of this command
         for plan in plans:
