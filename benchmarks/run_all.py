@@ -7,7 +7,8 @@ Sections (each measures its figure side by side with its baseline in this same r
 - scoring.py     bench's scorer vs pycocoevalcap's scorers alone (1,000 images, 5 metrics);
 - bootstrap.py   95% CIs of one 1,000-image run with 1,000 resamples;
 - real_architectures.py  each default model's real architecture at full width on CPU (LLaVA-1.5-7B
-                 at reduced depth): images/s, CPU seconds per image and peak memory.
+                 at reduced depth): images/s, CPU seconds per image and peak memory;
+- served.py      captioning through an OpenAI-compatible endpoint at concurrency 16 vs 1.
 
 A section that fails is reported as failed (the others still run) and the command exits 1.
 
@@ -129,6 +130,9 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             + (f", {v['new_tokens']} new tokens" if "new_tokens" in v else ", CLIPScore + RefCLIPScore")
             + f"; {v['cpu_s_per_image']} CPU s/image, load average {v['load_average_at_start']}",
         ))
+    from benchmarks.served import summary_rows as served_rows
+
+    rows += served_rows(r)
     gpu = r.get("llava_7b_gpu") or {}
     if gpu.get("gpu"):
         for row in gpu["rows"]:
@@ -282,7 +286,7 @@ def main() -> None:
     from rich.table import Table
 
     from bench.io import atomic_write_json, atomic_write_text
-    from benchmarks import bootstrap, captioning, harness, real_architectures, scoring
+    from benchmarks import bootstrap, captioning, harness, real_architectures, scoring, served
 
     start = time.perf_counter()
     results: dict[str, Any] = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
@@ -294,6 +298,7 @@ def main() -> None:
     results.update(_section("bootstrap", lambda: bootstrap.run(), errors))
     real_models = ("vit-gpt2", "clipscore") if args.quick else real_architectures.MODELS
     results.update(_section("real_architectures", lambda: real_architectures.run(real_models), errors))
+    results.update(_section("served", lambda: served.run(8 if args.quick else served.IMAGES, gpu=not args.quick), errors))
     results["make_bench_seconds"] = round(time.perf_counter() - start, 1)
     results["quick"] = bool(args.quick)
     results["errors"] = errors
