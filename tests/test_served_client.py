@@ -146,3 +146,19 @@ def test_retry_after_header_forms() -> None:
     date = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 25 <= (retry_after_s({"retry-after": date}) or 0) <= 31
     assert retry_after_s({"retry-after": "soon"}) is None and retry_after_s({}) is None
+
+
+def test_requests_are_read_lazily_one_per_free_worker() -> None:
+    # A generator that encodes an image per request holds at most max_concurrency of them.
+    with OpenAIServer(ScriptedAnswerer(), latency_s=0.05) as server:
+        taken: list[int] = []
+        finished: list[int] = []
+
+        def requests():
+            for i in range(10):
+                taken.append(i)
+                assert len(taken) - len(finished) <= 3  # never more than the workers ahead
+                yield request(f"img{i}", f"image {i}".encode())
+
+        results = run_chats(config(server, max_concurrency=3), requests(), on_result=lambda r: finished.append(1))
+    assert len(results) == 10 and all(r.ok for r in results)

@@ -1,0 +1,102 @@
+"""The `openai` backend's checks before any image (one-line errors naming the setting field),
+its options, its batch `generate`, and the setting/CLI plumbing of `--endpoint`."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.backends import get_backend
+from bench.backends._caption_text import postprocess_caption
+from bench.config import GenerationConfig, ModelConfig
+from bench.data.types import Sample
+from bench.errors import BenchError
+from bench.prompts import load_prompt
+from bench.run.plan import run_identity
+from bench.settings import prompt_setting
+from bench.testing.openai_server import OpenAIServer, ScriptedAnswerer
+from conftest import REPO
+
+CPU = torch.device("cpu")
+
+
+def load(url: str, **kw: object):
+    cfg = ModelConfig(model=str(kw.pop("model", "tiny-vlm")), base_url=url, **kw)  # type: ignore[arg-type]
+    return get_backend("openai").load(cfg, CPU, prompt=load_prompt("brief", REPO / "prompts"))
+
+
+@pytest.fixture
+def server():
+    with OpenAIServer(ScriptedAnswerer()) as srv:
+        yield srv
+
+
+def test_generate_through_the_endpoint(server: OpenAIServer, shared_data: Path) -> None:
+    images = sorted((shared_data / "flickr8k-1k" / "images").glob("*.jpg"))[:3]
+    captioner = load(server.base_url)
+    batch = captioner.caption_collate()([Sample(p.stem, p, ()) for p in images])
+    captions = captioner.generate(batch, GenerationConfig(max_new_tokens=8))
+    expected = [postprocess_caption(ScriptedAnswerer().script(_parsed(p)), 1) for p in images]
+    assert captions == expected and captioner.last_truncated == [False] * 3
+
+
+def _parsed(path: Path):
+    from bench.testing.openai_server import ParsedRequest
+
+    return ParsedRequest(path.read_bytes(), True, "", None, None, ())
+
+
+def test_a_model_the_endpoint_does_not_serve_names_the_field(server: OpenAIServer) -> None:
+    with pytest.raises(BenchError, match=r"models.openai.model 'other': not served at .* \(it serves tiny-vlm\)"):
+        load(server.base_url, model="other")
+
+
+def test_an_unreachable_endpoint_names_base_url() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(BenchError, match=rf"models.openai.base_url http://127.0.0.1:{port}/v1: cannot reach"):
+        load(f"http://127.0.0.1:{port}/v1", options={"timeout_s": 1.0})
+
+
+def test_a_missing_key_variable_names_api_key_env(server: OpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BENCH_TEST_UNSET_KEY", raising=False)
+    with pytest.raises(BenchError, match="models.openai.api_key_env: environment variable BENCH_TEST_UNSET_KEY is not set"):
+        load(server.base_url, api_key_env="BENCH_TEST_UNSET_KEY")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"max_concurrency": 0}, "options.max_concurrency must be >= 1"),
+    ({"timeout_s": "fast"}, "options.timeout_s must be float"),
+    ({"stop": "x"}, "options.stop must be a list of strings"),
+    ({"speed": 1}, "options: unknown key 'speed'"),
+])
+def test_bad_options_are_one_line_errors(server: OpenAIServer, options: dict, message: str) -> None:
+    with pytest.raises(BenchError, match=message):
+        load(server.base_url, options=options)
+
+
+def test_endpoint_settings_and_their_identity() -> None:
+    setting = prompt_setting("brief", model="tiny-vlm", endpoint="http://127.0.0.1:9/v1", api_key_env="K")
+    assert setting.backends == ("openai",) and setting.name == "prompt-brief--tiny-vlm"
+    model = setting.models["openai"]
+    assert (model.model, model.base_url, model.api_key_env) == ("tiny-vlm", "http://127.0.0.1:9/v1", "K")
+    config = {"kind": "zero-shot", "model": {"model": "m", "base_url": "http://a/v1", "api_key_env": "K",
+                                             "options": {"max_concurrency": 4, "system": "s"}}}
+    moved = {"kind": "zero-shot", "model": {"model": "m", "base_url": "http://b/v1",
+                                            "options": {"max_concurrency": 32, "system": "s"}}}
+    assert run_identity(config) == run_identity(moved)  # where and how fast, not what
+    other = {"kind": "zero-shot", "model": {"model": "m", "options": {"system": "t"}}}
+    assert run_identity(config) != run_identity(other)
+
+
+def test_endpoint_flags_need_a_model() -> None:
+    from bench.commands.run import _settings_for
+
+    with pytest.raises(BenchError, match="--endpoint: give it with --prompt NAME --model SERVED_NAME"):
+        _settings_for(None, "brief", None, None, endpoint="http://127.0.0.1:9/v1")
+    with pytest.raises(BenchError, match="--api-key-env: give it with --endpoint URL"):
+        _settings_for(None, "brief", None, ["m"], api_key_env="K")
