@@ -100,3 +100,40 @@ def test_endpoint_flags_need_a_model() -> None:
         _settings_for(None, "brief", None, None, endpoint="http://127.0.0.1:9/v1")
     with pytest.raises(BenchError, match="--api-key-env: give it with --endpoint URL"):
         _settings_for(None, "brief", None, ["m"], api_key_env="K")
+
+
+def test_images_are_sent_as_their_own_bytes_unless_the_format_or_max_side_asks(shared_data: Path, tmp_path: Path) -> None:
+    import base64
+    import hashlib
+
+    from PIL import Image
+
+    from bench.served.messages import image_payload
+
+    jpeg = sorted((shared_data / "flickr8k-1k" / "images").glob("*.jpg"))[0]
+    own = image_payload(jpeg)
+    assert not own.re_encoded and own.mime == "image/jpeg"
+    assert base64.b64decode(own.url.split(",", 1)[1]) == jpeg.read_bytes()
+    assert own.sha256 == hashlib.sha256(jpeg.read_bytes()).hexdigest()
+    bmp = tmp_path / "x.bmp"
+    Image.open(jpeg).save(bmp)  # BMP: not a format every server takes
+    sent = image_payload(bmp)
+    assert sent.re_encoded and sent.mime == "image/jpeg" and sent.size == Image.open(jpeg).size
+    small = image_payload(jpeg, max_side=100)
+    assert small.re_encoded and max(small.size) == 100
+    assert not image_payload(jpeg, max_side=10_000).re_encoded  # already small enough: untouched
+
+
+def test_cost_by_tokens_or_by_the_hour_and_the_pareto_front() -> None:
+    from bench.config import CostConfig
+    from bench.cost import pareto_front, run_cost
+
+    state = {"served": {"prompt_tokens": 2_000, "completion_tokens": 500}, "caption": {"generate_s": 36.0}}
+    hosted = run_cost(CostConfig(usd_per_million_input=1.0, usd_per_million_output=4.0, usd_per_hour=10.0), state, 10)
+    assert hosted["basis"] == "tokens" and hosted["usd_per_1000_captions"] == pytest.approx((2_000 + 4 * 500) / 1e6 / 10 * 1000)
+    assert hosted["tokens_per_image"] == 250
+    local = run_cost(CostConfig(usd_per_hour=10.0), {"caption": {"generate_s": 36.0}}, 10)
+    assert local["basis"] == "hours" and local["usd_per_1000_captions"] == pytest.approx(10.0 * 0.01 / 10 * 1000)
+    assert run_cost(CostConfig(), state, 10)["usd_per_1000_captions"] is None
+    # cheaper-and-better wins; a tie on both is on the front; dearer-and-worse is not
+    assert pareto_front([1.0, 2.0, 3.0, 1.0], [0.5, 0.9, 0.8, 0.5]) == [True, True, False, True]
