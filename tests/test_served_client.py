@@ -162,3 +162,16 @@ def test_requests_are_read_lazily_one_per_free_worker() -> None:
 
         results = run_chats(config(server, max_concurrency=3), requests(), on_result=lambda r: finished.append(1))
     assert len(results) == 10 and all(r.ok for r in results)
+
+
+def test_a_reply_without_usage_is_unknown_tokens_not_zero(server: OpenAIServer, tmp_path) -> None:
+    from bench.served.records import append, summary
+
+    server.faults.append(Fault("no_usage", times=1))
+    first, second = run_chats(config(server, max_concurrency=1), [request("a"), request("b", b"other")])
+    assert first.ok and not first.usage_reported and second.usage_reported
+    path = tmp_path / "served.jsonl"
+    append(path, first, None)
+    append(path, second, None)
+    totals = summary(path, ["a", "b"])
+    assert totals["prompt_tokens"] is None and totals["prompt_tokens_per_image"] is None

@@ -98,6 +98,7 @@ class ChatResult:
     model: str | None = None  # the model id the server reports having used
     system_fingerprint: str | None = None
     usage: Usage = Usage()
+    usage_reported: bool = True  # False: the server sent no usage (tokens unknown, not zero)
     attempts: int = 1
     wait_s: float = 0.0  # seconds spent backing off
 
@@ -208,6 +209,7 @@ def _reply(request: ChatRequest, completion: Any, attempts: int, wait_s: float) 
         model=getattr(completion, "model", None),
         system_fingerprint=getattr(completion, "system_fingerprint", None),
         usage=Usage(int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)),
+        usage_reported=usage is not None,
         attempts=attempts,
         wait_s=wait_s,
     )

@@ -32,8 +32,9 @@ def record_of(result: ChatResult, sent: SentImage | None) -> dict[str, Any]:
         "image_id": result.key,
         "ok": result.ok,
         "finish_reason": result.finish_reason,
-        "prompt_tokens": result.usage.prompt_tokens,
-        "completion_tokens": result.usage.completion_tokens,
+        # None where the server reported no usage: unknown, never counted as zero tokens
+        "prompt_tokens": result.usage.prompt_tokens if result.usage_reported else None,
+        "completion_tokens": result.usage.completion_tokens if result.usage_reported else None,
         "model": result.model,
         "system_fingerprint": result.system_fingerprint,
         "attempts": result.attempts,
@@ -65,9 +66,10 @@ def summary(path: Path, image_ids: Sequence[str]) -> dict[str, Any]:
     ok = [last[i] for i in image_ids if i in last and last[i].get("ok")]
     failed = {i: last[i].get("reason") for i in image_ids if i in last and not last[i].get("ok")}
     ever_failed = {r["image_id"] for r in records if not r.get("ok")}
-    prompt = sum(int(r.get("prompt_tokens") or 0) for r in ok)
-    completion = sum(int(r.get("completion_tokens") or 0) for r in ok)
     n = len(ok)
+    reported = all(r.get("prompt_tokens") is not None for r in ok)
+    prompt = sum(int(r["prompt_tokens"]) for r in ok) if reported else None
+    completion = sum(int(r.get("completion_tokens") or 0) for r in ok) if reported else None
     return {
         "n_answered": n,
         "n_failed": len(failed),
@@ -77,8 +79,8 @@ def summary(path: Path, image_ids: Sequence[str]) -> dict[str, Any]:
         "n_retried": sum(1 for r in records if int(r.get("attempts") or 1) > 1),
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "prompt_tokens_per_image": round(prompt / n, 2) if n else None,
-        "completion_tokens_per_image": round(completion / n, 2) if n else None,
+        "prompt_tokens_per_image": round(prompt / n, 2) if n and prompt is not None else None,
+        "completion_tokens_per_image": round(completion / n, 2) if n and completion is not None else None,
         "server_models": sorted({str(r["model"]) for r in ok if r.get("model")}),
         "system_fingerprints": sorted({str(r["system_fingerprint"]) for r in ok if r.get("system_fingerprint")}),
         "n_re_encoded": sum(1 for r in ok if (r.get("sent") or {}).get("re_encoded")),

@@ -75,6 +75,7 @@ def _progress(enabled: bool, console: Any) -> Any:
 def caption_via_endpoint(
     endpoint: Endpoint, samples: Sequence[Sample], run_dir: Path, progress: bool = True, console: Any = None,
 ) -> StreamOutcome:
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     predictions_path = Path(run_dir) / "predictions.jsonl"
     served_path = records.served_path(run_dir)
     samples = list(samples)

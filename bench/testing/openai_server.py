@@ -17,7 +17,8 @@ only, and stops by itself after `idle_timeout_s` without a request. Answers come
 Faults are injected per request, first matching rule first: an HTTP status ("429" with
 `Retry-After`, "500", "503", "400", "401", "404"), "slow" (answer after `delay_s`), "drop"
 (close the connection without a reply), "malformed" (truncated JSON), "empty" (no choices),
-"length" (finish_reason "length"). `times=None` fires on every matching request.
+"length" (finish_reason "length"), "no_usage" (a reply without token counts). `times=None` fires on
+every matching request.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ FINGERPRINT = "fp_bench_loopback"
 
 @dataclass
 class Fault:
-    kind: str  # an HTTP status ("429", "500", ...) or slow / drop / malformed / empty / length
+    kind: str  # an HTTP status ("429", "500", ...) or slow / drop / malformed / empty / length / no_usage
     times: int | None = 1  # None: every matching request
     match: Callable[[ParsedRequest], bool] | None = None  # None: any request
     retry_after: float | None = None  # seconds, sent as Retry-After with a status fault
@@ -257,10 +258,13 @@ class _Handler(BaseHTTPRequestHandler):
         }]
         usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
                  "total_tokens": answer.prompt_tokens + answer.completion_tokens}
-        self._send_json(200, {
+        reply = {
             "id": f"chatcmpl-{owner.stats.requests}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"), "system_fingerprint": owner.fingerprint, "choices": choices, "usage": usage,
-        })
+        }
+        if kind == "no_usage":  # some servers send none: tokens unknown
+            reply.pop("usage")
+        self._send_json(200, reply)
         return kind != "empty"
 
 
