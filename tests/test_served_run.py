@@ -117,12 +117,18 @@ def test_sigkill_mid_run_resumes_without_rerequesting_finished_images(
             proc.wait(30)
         done = {r["image_id"] for r in read_records(predictions, repair=True)}
         assert 3 <= len(done) < 10
+        for _ in range(200):  # the killed run's requests in flight end on the server's side
+            if slow.stats.in_flight == 0:
+                break
+            time.sleep(0.05)
+        slow.stats.max_in_flight = 0
         asked_before = len(slow.stats.digests)
         results = execute_plan(plan, device="cpu", progress=False).results
         asked_after = slow.stats.digests[asked_before:]
     finished = {digest(s.path) for s in plan.samples if s.image_id in done}
     assert not finished & set(asked_after)  # nothing finished was asked for again
     assert len(asked_after) == 10 - len(done) and results["n_images"] == 10
+    assert slow.stats.max_in_flight == 2  # the setting's max_concurrency
     with OpenAIServer(ScriptedAnswerer()) as fresh:
         ref = served_setting(tmp_path / "ref", "reference", fresh.base_url)
         ref_plan = plan_run(load_setting(ref), "openai", limit=10)
