@@ -22,7 +22,7 @@ from bench.served.client import (
 )
 from bench.testing.openai_server import Fault, OpenAIServer, ScriptedAnswerer
 
-FAST = RetryPolicy(max_retry_s=1.5, initial_backoff_s=0.01, max_backoff_s=0.05)
+FAST = RetryPolicy(max_retry_s=3.0, initial_backoff_s=0.01, max_backoff_s=0.05)
 TRANSIENT = ["429", "500", "503", "slow", "drop", "malformed", "empty"]
 
 
@@ -33,7 +33,8 @@ def request(key: str, image: bytes = b"image-bytes", model: str = "tiny-vlm") ->
 
 
 def config(server: OpenAIServer, **kw: object) -> ClientConfig:
-    values: dict[str, object] = {"timeout_s": 0.4, "max_concurrency": 4, "retry": FAST, **kw}
+    # 1 s per attempt: well above a loaded machine's answer time, below the "slow" fault's 2 s
+    values: dict[str, object] = {"timeout_s": 1.0, "max_concurrency": 4, "retry": FAST, **kw}
     return ClientConfig(server.base_url, **values)  # type: ignore[arg-type]
 
 
@@ -45,7 +46,7 @@ def server():
 
 @pytest.mark.parametrize("kind", TRANSIENT)
 def test_a_transient_fault_is_retried_to_success(server: OpenAIServer, kind: str) -> None:
-    server.faults.append(Fault(kind, times=1, delay_s=1.0))
+    server.faults.append(Fault(kind, times=1, delay_s=2.0))
     [result] = run_chats(config(server), [request("img1")])
     assert result.ok, result.reason
     assert result.attempts == 2
@@ -55,8 +56,8 @@ def test_a_transient_fault_is_retried_to_success(server: OpenAIServer, kind: str
 
 @pytest.mark.parametrize("kind", TRANSIENT)
 def test_a_fault_that_never_clears_is_recorded_as_failed(server: OpenAIServer, kind: str) -> None:
-    server.faults.append(Fault(kind, times=None, delay_s=1.0))
-    policy = RetryPolicy(max_retry_s=0.6, initial_backoff_s=0.02, max_backoff_s=0.05)
+    server.faults.append(Fault(kind, times=None, delay_s=2.0))
+    policy = RetryPolicy(max_retry_s=1.2, initial_backoff_s=0.02, max_backoff_s=0.05)
     [result] = run_chats(config(server, retry=policy), [request("img1")])
     assert not result.ok and result.text is None
     assert "gave up" in (result.reason or "") and "\n" not in (result.reason or "")
