@@ -137,3 +137,15 @@ def test_cost_by_tokens_or_by_the_hour_and_the_pareto_front() -> None:
     assert run_cost(CostConfig(), state, 10)["usd_per_1000_captions"] is None
     # cheaper-and-better wins; a tie on both is on the front; dearer-and-worse is not
     assert pareto_front([1.0, 2.0, 3.0, 1.0], [0.5, 0.9, 0.8, 0.5]) == [True, True, False, True]
+
+
+def test_a_setting_on_the_openai_backend_needs_base_url_and_sane_prices(tmp_path: Path) -> None:
+    from bench.settings import load_setting
+
+    path = tmp_path / "hosted.toml"
+    path.write_text('backends = ["openai"]\nprompt = "brief"\n[models.openai]\nmodel = "m"\n')
+    with pytest.raises(BenchError, match=r"hosted.toml: models.openai.base_url is missing"):
+        load_setting(path)
+    path.write_text(path.read_text() + 'base_url = "http://127.0.0.1:9/v1"\n[cost]\nusd_per_hour = -1.0\n')
+    with pytest.raises(BenchError, match=r"hosted.toml: cost.usd_per_hour must be >= 0 \(got -1.0\)"):
+        load_setting(path)

@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
 from bench.cost import run_cost
+from bench.errors import BenchError
 from bench.io import read_json
 from bench.run.environment import git_commit, library_versions, peak_memory
 from bench.run.plan import RunPlan, run_label

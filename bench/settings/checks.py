@@ -6,7 +6,6 @@ A failed check blames the most derived file among those that set the keys involv
 from __future__ import annotations
 
 import dataclasses
-
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
