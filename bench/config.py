@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bench.scoring.metrics import default_families
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Quantization = Literal["none", "4bit", "8bit"]
 
@@ -105,7 +107,8 @@ class CostConfig:
 @dataclass(frozen=True)
 class ScoringConfig:
     clip_model: str = "openai/clip-vit-base-patch32"
-    metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider", "clipscore")
+    # The metric table's default rows (bench.scoring.metrics) unless a setting names its own.
+    metrics: tuple[str, ...] = field(default_factory=default_families)
     clip_batch_size: int = 64
 
 

@@ -23,9 +23,11 @@ from bench.config import CostConfig
 PER_CAPTIONS = 1000
 
 
-def run_cost(cost: CostConfig, state: Mapping[str, Any], n_images: int) -> dict[str, Any]:
-    served = state.get("served") or {}
-    caption_s = float((state.get("caption") or {}).get("generate_s", 0.0))
+def run_cost(cost: CostConfig, served: Mapping[str, Any] | None, caption_s: float, n_images: int) -> dict[str, Any]:
+    """`served`: an endpoint run's summary (bench.served.records), None for in-process runs;
+    `caption_s`: the run's captioning wall time."""
+    served = served or {}
+    caption_s = float(caption_s)
     prompt = served.get("prompt_tokens")
     completion = served.get("completion_tokens")
     token_prices = cost.usd_per_million_input is not None or cost.usd_per_million_output is not None

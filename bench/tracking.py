@@ -246,8 +246,6 @@ _SAMPLE_LOGGERS = {
 
 # --- what a finished run folder holds ------------------------------------------------------------
 
-MEAN_METRICS = ("ROUGE-L", "CLIPScore", "RefCLIPScore")  # corpus value = mean of per-image scores
-
 
 def run_outputs(run_dir: Path, samples: Sequence[Any], n_boot: int = 1000, seed: int = 0) -> tuple[
     dict[str, float], dict[str, tuple[float, float]], list[SampleRow]
@@ -260,17 +258,22 @@ def run_outputs(run_dir: Path, samples: Sequence[Any], n_boot: int = 1000, seed:
     import numpy as np
 
     from bench.captioning import existing_predictions
-    from bench.report.bootstrap import percentile_ci, resample_counts
+    from bench.scoring.metrics import keys_aggregated
+    from bench.scoring.resample import percentile_ci, resample_counts
 
-    metrics = dict(read_json(run_dir / "results.json").get("metrics", {}))
-    per_image = read_json(run_dir / "metrics.json").get("per_image", {})
+    from bench.run.folder import RunFolder
+
+    folder = RunFolder(run_dir)
+    metrics = dict(folder.read_results().metrics)
+    scored = folder.read_metrics()
+    per_image = scored.per_image if scored is not None else {}
     ids = [s.image_id for s in samples if s.image_id in per_image]
     counts = resample_counts(len(ids), n_boot, seed) if ids else None
     cis: dict[str, tuple[float, float]] = {}
-    for metric in MEAN_METRICS:
+    for metric in keys_aggregated("mean"):  # corpus value = mean of per-image scores
         scores = np.array([per_image[i].get(metric, np.nan) for i in ids], dtype=np.float64)
         if counts is not None and metric in metrics and not np.isnan(scores).any():
             cis[metric] = percentile_ci(counts @ scores / len(ids))
-    captions = existing_predictions(run_dir / "predictions.jsonl", samples)
+    captions = existing_predictions(folder.predictions, samples)
     rows = [(Path(s.path), s.image_id, captions[s.image_id], list(s.refs)) for s in samples if s.image_id in captions]
     return metrics, cis, rows[:SAMPLE_ROWS]

@@ -105,7 +105,7 @@ def run_cpu(images: dict[str, int] | None = None) -> dict[str, Any]:
     import torch
 
     from bench.config import GenerationConfig
-    from bench.run import cpu_thread_budget
+    from bench.run.environment import cpu_thread_budget
 
     images = dict(DEFAULT_IMAGES if images is None else images)
     threads = int(os.environ.get("OMP_NUM_THREADS") or cpu_thread_budget(os.cpu_count() or 1, WORKERS))

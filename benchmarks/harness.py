@@ -239,7 +239,7 @@ def run(repeats: int = 2, n_images: int = 1000) -> dict[str, Any]:
         model_dir = tiny_model("vit-gpt2")
         data = build_dataset(work, n_images)
         setting = write_setting(work, model_dir)
-        from bench.run import cpu_thread_budget
+        from bench.run.environment import cpu_thread_budget
 
         # Both sides with the thread count bench picks for itself (it leaves an explicit
         # OMP_NUM_THREADS alone): the comparison is of the harness, not of threading.

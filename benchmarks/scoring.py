@@ -1,4 +1,4 @@
-"""Scoring speed: `bench.scoring.Scorer` (BLEU, METEOR, ROUGE-L, CIDEr; no CLIP) vs pycocoevalcap's
+"""Scoring speed: `bench.scoring.scorer.Scorer` (BLEU, METEOR, ROUGE-L, CIDEr; no CLIP) vs pycocoevalcap's
 scorers alone, called the way COCOEvalCap.evaluate() calls them, side by side in one run.
 
 Data: the 1,000 Flickr8k images of the shared data; each image's first reference is the
@@ -33,7 +33,7 @@ def load_flickr8k() -> tuple[dict[str, str], dict[str, list[str]]]:
 
 
 def time_bench(preds: dict[str, str], refs: dict[str, list[str]]) -> tuple[float, dict[str, float]]:
-    from bench.scoring import Scorer
+    from bench.scoring.scorer import Scorer
 
     start = time.perf_counter()
     with Scorer(metrics=TEXT_METRICS) as scorer:

@@ -145,16 +145,17 @@ def fabricate_run(setting_path: Path, backend: str, image: Path) -> Path:
     from bench.backends import get_backend
     from bench.captioning import caption_samples
     from bench.data.types import Sample
-    from bench.io import atomic_write_json
-    from bench.run import plan_run, split_json
+    from bench.run import RunFolder, plan_run
+    from bench.run.folder import SplitRecord
     from bench.settings import load_setting
 
     setting = load_setting(setting_path)
     plan = plan_run(setting, backend, limit=1)
     sample = Sample("grey", image, ("a grey square .",))
     run_dir = plan.run_dir
-    atomic_write_json(run_dir / "config.json", plan.config)
-    atomic_write_json(run_dir / "split.json", split_json(plan.split, [sample]))
+    folder = RunFolder(run_dir)
+    folder.write_config(plan.config)
+    folder.write_split(SplitRecord.of(plan.split, [sample]))
     captioner = get_backend(backend).load(setting.models[backend], torch.device("cpu"), prompt=plan.prompt)
     if plan.kind == "lora":
         torch.manual_seed(setting.seed)

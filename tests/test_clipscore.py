@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.scoring import Scorer
+from bench.scoring.scorer import Scorer
 from bench.tiny.clip import build_tiny_clip
 
 torch.set_num_threads(1)

@@ -22,7 +22,7 @@ import pytest
 import regex
 import torch
 
-from bench.scoring import Scorer
+from bench.scoring.scorer import Scorer
 
 torch.set_num_threads(1)
 

@@ -21,8 +21,10 @@ from bench.config import GenerationConfig, ModelConfig, ScoringConfig
 from bench.data.types import Sample
 from bench.distributed import SINGLE, Dist
 from bench.errors import BenchError
-from bench.run import ScorerPool, cpu_thread_budget, cpu_threads, resolve_device
+from bench.run import ScorerPool
+from bench.run.environment import cpu_thread_budget, cpu_threads, resolve_device
 from bench.run.execute import RunContext, _generation_autocast, score
+from bench.run.folder import StageState
 from conftest import REPO
 
 sys.path.insert(0, str(REPO))  # benchmarks/ as a namespace package
@@ -214,14 +216,14 @@ def test_one_clip_per_process_on_the_runs_device(tiny_clip: Path, samples4, monk
         samples=samples4, setting=SimpleNamespace(scoring=ScoringConfig(clip_model=str(tiny_clip), metrics=("clipscore",)))
     )
     preds = {s.image_id: "a dog runs" for s in samples4}
-    run = RunContext(plan, CPU, None, False, 0, SINGLE, {})  # type: ignore[arg-type]
+    run = RunContext(plan, CPU, None, False, 0, SINGLE, StageState())  # type: ignore[arg-type]
     with ScorerPool() as pool:
         first, _ = score(run, preds, pool)
         second, _ = score(run, preds, pool)
         (key,) = pool._scorers  # one scorer, keyed by the run's device
         assert key[2] == "cpu"
     assert loads == [str(tiny_clip)]  # loaded once for both runs
-    assert first["corpus"] == second["corpus"] and first["n_images"] == 4
+    assert first.corpus == second.corpus and first.n_images == 4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)

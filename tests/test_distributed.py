@@ -20,7 +20,7 @@ from bench.config import GenerationConfig, ModelConfig
 from bench.distributed import SINGLE, Dist, detect, merge_in_order, shard, shard_files, shard_path
 from bench.errors import BenchError, RunLockedError
 from bench.io import append_records, exclusive_lock, read_records
-from bench.run import clear_run_dir
+from bench.run.registry import clear_run_dir
 from bench.training import LinearWarmupDecay
 from conftest import REPO, tiny_setting_text
 

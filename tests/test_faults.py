@@ -73,7 +73,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot
 import pandas, peft
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer, CLIPModel, VisionEncoderDecoderModel, ViTImageProcessorPil
-import bench.captioning, bench.cli, bench.io, bench.run, bench.scoring, bench.training
+import bench.captioning, bench.cli, bench.io, bench.run, bench.scoring.scorer, bench.training
 from bench.backends import get_backend
 get_backend("vit-gpt2")
 
@@ -156,7 +156,7 @@ def install(spec, log):
         return result
     bench.captioning.caption_samples = caption_samples
 
-    original_score = bench.scoring.Scorer.score
+    original_score = bench.scoring.scorer.Scorer.score
     def score(self, *args, **kwargs):
         event("score")
         if hook == "score":
@@ -164,7 +164,7 @@ def install(spec, log):
         result = original_score(self, *args, **kwargs)
         event("score_end")
         return result
-    bench.scoring.Scorer.score = score
+    bench.scoring.scorer.Scorer.score = score
 
     if hook == "enospc":
         install_full_disk(spec, log)

@@ -126,7 +126,7 @@ def test_published_report_intervals_contain_their_values(scored, bench_env):
     from bench.data.types import RefEntry
     from bench.report import build_report
     from bench.run import record_external_run
-    from bench.scoring import Scorer
+    from bench.scoring.scorer import Scorer
 
     with Scorer(metrics=("bleu", "meteor", "rouge", "cider")) as scorer:
         for system in ("magic", "zerocap"):
@@ -162,7 +162,7 @@ def test_published_report_intervals_contain_their_values(scored, bench_env):
 def test_malformed_statistics_are_one_line_errors(tmp_path, bad):
     from bench.errors import BenchError
     from bench.report.load import load_run
-    from bench.report.testing import write_run
+    from bench.testing.run_folders import write_run
 
     folder = write_run(
         tmp_path, setting="s", backend="b", kind="external", dataset="d", fingerprint="f",

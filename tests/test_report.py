@@ -14,7 +14,7 @@ from PIL import Image
 from bench.errors import BenchError
 from bench.report import build_report
 from bench.report.figures import GALLERY_ROW_IN, GRID_COL_IN, GRID_HEIGHT_IN, LOSS_SIZE_IN, bars_size
-from bench.report.testing import flickr8k_samples, held_out_run, loss_curve, write_run
+from bench.testing.run_folders import flickr8k_samples, held_out_run, loss_curve, write_run
 
 N_IMAGES = 24
 N_BOOT = 100

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from bench.io import read_records
-from bench.run import METRIC_KEYS
+from bench.run.folder import SCHEMA_VERSION
+from bench.scoring.metrics import metric_keys
 from conftest import REPO, build_once, shared_tmp, tiny_setting_text
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ batch_size = 10
 """
 # METEOR's JVM costs ~15 s per run on this 2-core machine; the scorer's own tests cover it.
 METRICS = 'metrics = ["bleu", "rouge", "cider", "clipscore"]\n'
-SCORED_KEYS = [k for k in METRIC_KEYS if k != "METEOR"]
+SCORED_KEYS = [k for k in metric_keys() if k != "METEOR"]
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -112,6 +113,7 @@ def test_run_trains_captions_and_scores_both_lora_backends(main_run: dict) -> No
     for backend in ("vit-gpt2", "clip-flan-t5"):
         run = main_run["runs"] / backend
         config = json.loads((run / "config.json").read_text())
+        assert config.pop("schema_version") == SCHEMA_VERSION  # the file's, not part of the config
         assert (config["backend"], config["kind"], config["lora"]["r"]) == (backend, "lora", 8)
         assert config["data"] == {"dataset": "flickr8k-1k", "limit": LIMIT}
         split = json.loads((run / "split.json").read_text())

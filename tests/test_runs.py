@@ -11,18 +11,16 @@ import pytest
 from bench.captioning import caption_samples, pending_batches
 from bench.config import GenerationConfig, ModelConfig
 from bench.errors import BenchError, RunLockedError
-from bench.io import append_records, atomic_write_json, exclusive_lock, read_records
-from bench.run import (
-    METRIC_KEYS,
-    config_diff,
-    execute_plan,
-    list_runs,
-    load_results,
-    plan_run,
-    record_external_run,
-)
+from bench.io import append_records, exclusive_lock, read_records
+from bench.run import RunFolder, config_diff, execute_plan, list_runs, plan_run, record_external_run
 from bench.run.registry import cached_results
+from bench.run.folder import ResultsRecord
+from bench.scoring.metrics import metric_keys
 from bench.settings import load_setting
+
+
+def load_results(run_dir):
+    return RunFolder(run_dir).read_results().to_json()
 
 
 # --- pure pieces ---------------------------------------------------------------------------------
@@ -129,12 +127,13 @@ def zero_shot_plan(bench_env, shared_data: Path, tmp_path: Path):
 
 def _finish(plan, metrics: dict[str, float] | None = None) -> None:
     """Write what a finished run leaves (config, split, results) for `plan`."""
-    atomic_write_json(plan.run_dir / "config.json", plan.config)
-    atomic_write_json(
-        plan.run_dir / "results.json",
-        {"run": plan.name, "config": plan.config, "fingerprint": plan.split.fingerprint,
-         "metrics": metrics or {"CIDEr": 0.5}, "n_images": len(plan.samples), "created_at": "t"},
-    )
+    folder = RunFolder(plan.run_dir)
+    folder.write_config(plan.config)
+    folder.write_results(ResultsRecord(
+        run=plan.name, setting=plan.setting.name, backend=plan.backend, kind=plan.kind, config=plan.config,
+        dataset=plan.split.dataset, fingerprint=plan.split.fingerprint, metrics=metrics or {"CIDEr": 0.5},
+        n_images=len(plan.samples), created_at="t",
+    ))
 
 
 def test_matching_results_are_a_cache_hit(zero_shot_plan) -> None:
@@ -162,7 +161,7 @@ def test_other_config_on_finished_run_asks_for_force(zero_shot_plan, tmp_path: P
 
 def test_partial_run_of_other_config_is_not_mixed(zero_shot_plan) -> None:
     plan = zero_shot_plan
-    atomic_write_json(plan.run_dir / "config.json", plan.config)
+    RunFolder(plan.run_dir).write_config(plan.config)
     append_records(plan.run_dir / "predictions.jsonl", [{"image_id": plan.samples[0].image_id, "caption": "a"}])
     assert cached_results(plan, force=False) is None  # same config: resume
     changed = dataclasses.replace(plan, config={**plan.config, "prompt_text": "<image>\nOther."})
@@ -238,7 +237,7 @@ def test_list_runs_status_and_external_runs(bench_env, zero_shot_plan) -> None:
 
     preds = {"1": "a dog", "2": "a cat"}
     refs = {"1": ["a dog runs"], "2": ["a cat sits", "a cat"]}
-    scored = {"corpus": {k: 0.1 for k in METRIC_KEYS}, "per_image": {"1": {"CIDEr": 0.1}, "2": {"CIDEr": 0.1}},
+    scored = {"corpus": {k: 0.1 for k in metric_keys()}, "per_image": {"1": {"CIDEr": 0.1}, "2": {"CIDEr": 0.1}},
               "n_images": 2, "n_clip_truncated": 0, "clip_model": None}
     ext = record_external_run("magic", preds, refs, scored, dataset="flickr30k", fingerprint="abc",
                               images=None, source="external/magic.json")
@@ -251,7 +250,7 @@ def test_list_runs_status_and_external_runs(bench_env, zero_shot_plan) -> None:
     assert json.loads((ext / "metrics.json").read_text())["per_image"]["1"] == {"CIDEr": 0.1}
 
     # ScoreResult.to_json()'s flat shape is accepted too.
-    flat = {**{k: 0.2 for k in METRIC_KEYS}, "n_images": 2}
+    flat = {**{k: 0.2 for k in metric_keys()}, "n_images": 2}
     results = load_results(record_external_run("flat", preds, refs, flat, dataset="d", fingerprint="f",
                                                images={"1": "/x/1.jpg"}, source="s"))
     assert results["metrics"]["BLEU-4"] == 0.2

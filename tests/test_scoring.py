@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bench.errors import BenchError
-from bench.scoring import JAVA_MISSING, Scorer, read_predictions, tokenize
+from bench.scoring import JAVA_MISSING, read_predictions, tokenize
+from bench.scoring.scorer import Scorer
 
 REFS = {
     "img1": ["A dog runs across the green grass.", "A brown dog is running on a lawn.", "The dog plays outside."],

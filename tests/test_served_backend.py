@@ -128,13 +128,13 @@ def test_cost_by_tokens_or_by_the_hour_and_the_pareto_front() -> None:
     from bench.config import CostConfig
     from bench.cost import pareto_front, run_cost
 
-    state = {"served": {"prompt_tokens": 2_000, "completion_tokens": 500}, "caption": {"generate_s": 36.0}}
-    hosted = run_cost(CostConfig(usd_per_million_input=1.0, usd_per_million_output=4.0, usd_per_hour=10.0), state, 10)
+    served = {"prompt_tokens": 2_000, "completion_tokens": 500}
+    hosted = run_cost(CostConfig(usd_per_million_input=1.0, usd_per_million_output=4.0, usd_per_hour=10.0), served, 36.0, 10)
     assert hosted["basis"] == "tokens" and hosted["usd_per_1000_captions"] == pytest.approx((2_000 + 4 * 500) / 1e6 / 10 * 1000)
     assert hosted["tokens_per_image"] == 250
-    local = run_cost(CostConfig(usd_per_hour=10.0), {"caption": {"generate_s": 36.0}}, 10)
+    local = run_cost(CostConfig(usd_per_hour=10.0), None, 36.0, 10)
     assert local["basis"] == "hours" and local["usd_per_1000_captions"] == pytest.approx(10.0 * 0.01 / 10 * 1000)
-    assert run_cost(CostConfig(), state, 10)["usd_per_1000_captions"] is None
+    assert run_cost(CostConfig(), served, 36.0, 10)["usd_per_1000_captions"] is None
     # cheaper-and-better wins; a tie on both is on the front; dearer-and-worse is not
     assert pareto_front([1.0, 2.0, 3.0, 1.0], [0.5, 0.9, 0.8, 0.5]) == [True, True, False, True]
 

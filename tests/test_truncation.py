@@ -59,9 +59,10 @@ def test_the_caption_loop_counts_flagged_captions(tmp_path: Path, flags: bool, e
 
 def test_counts_add_up_over_sessions_and_ranks() -> None:
     from bench.run.execute import _caption_state
+    from bench.run.folder import CaptionRecord
 
     stats = [SimpleNamespace(wall_s=1.0, generate_s=0.5, n_captioned=4, n_truncated=n) for n in (1, 2)]
-    assert _caption_state({"n_truncated": 5, "n_captioned": 2}, stats)["n_truncated"] == 8
+    assert _caption_state(CaptionRecord(n_truncated=5, n_captioned=2), stats).n_truncated == 8
 
 
 def test_the_degeneration_table_shows_the_cut_share() -> None:

@@ -75,9 +75,14 @@ def test_zero_shot_decodes_64_tokens_and_lora_30_unless_the_setting_says():
 
 def test_runs_from_before_image_mode_match_crop_only():
     new = resolved_config(with_backend_defaults(load_setting("llava_brief"), "llava"), "llava", "zero-shot", "t")
+    from bench.run.folder import CONFIG, SCHEMA_VERSION, migrate
+
     old = {**new, "model": {**new["model"], "options": {}}}  # a config.json written before image_mode
     crop = {**new, "model": {**new["model"], "options": {"image_mode": "crop"}}}
-    assert run_identity(old) == run_identity(crop) != run_identity(new)
+    # Reading the old folder migrates it (bench.run.folder): its runs match "crop", not the default.
+    assert run_identity(migrate(CONFIG, old)) == run_identity(crop) != run_identity(new)
+    # A current config without image_mode is taken as written (every current zero-shot config has one).
+    assert migrate(CONFIG, {**old, "schema_version": SCHEMA_VERSION}) == old
 
 
 def test_model_slug():

@@ -60,6 +60,8 @@ from bench.attend.run_folder import (
 )
 from bench.errors import BenchError
 from bench.io import exclusive_lock
+from bench.run.folder import CONFIG, SPLIT
+from bench.run.folder import RunFolder as Folder  # the owner (attend's RunFolder is what it reads)
 
 __all__ = [
     "ALPHA",
@@ -110,12 +112,12 @@ def attend_run(
 ) -> list[AttendFigure]:
     """Write one attention PNG per chosen image of the run in `folder`; returns what was drawn."""
     from bench.data.types import Sample
-    from bench.run import resolve_device
+    from bench.run.environment import resolve_device
 
     layer_index = parse_layer(layer)
     if heads not in HEADS:
         raise BenchError(f"--heads {heads}: must be one of {', '.join(HEADS)}")
-    if not (Path(folder) / "config.json").is_file():
+    if not Folder(Path(folder)).has(CONFIG):
         raise BenchError(f"{folder}: not a run folder (no config.json)")
     dev = resolve_device(device)
     figures: list[AttendFigure] = []
@@ -126,9 +128,9 @@ def attend_run(
         picked = select_images(run, images, top, bottom)
         for image_id, _ in picked:
             if not run.image_paths[image_id].is_file():
-                raise BenchError(f"{run.path / 'split.json'}: image file {run.image_paths[image_id]} of image id {image_id!r} not found")
+                raise BenchError(f"{Folder(run.path).member(SPLIT)}: image file {run.image_paths[image_id]} of image id {image_id!r} not found")
         gen = generation_config(run)
-        out_dir = Path(out) if out is not None else run.path / "attend"
+        out_dir = Path(out) if out is not None else Folder(run.path).member("attend")
         if console is not None:
             console.print(f"loading {run.backend} model of run [bold]{run.label}[/] on {dev}", highlight=False)
         captioner = load_captioner(run, dev)

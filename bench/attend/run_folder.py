@@ -11,7 +11,9 @@ from typing import Any
 from bench import paths
 from bench.config import GenerationConfig, ModelConfig
 from bench.errors import BenchError
-from bench.io import read_json, read_records
+from bench.io import read_records
+from bench.run.folder import CONFIG, METRICS, SPLIT
+from bench.run.folder import RunFolder as Folder  # the owner; RunFolder here is what attend reads
 
 SCORE_KEY = "CLIPScore"
 EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
@@ -39,11 +41,11 @@ def resolve_run(run: str | None, setting: str | None, backend: str | None, root:
             raise BenchError("bench attend: give --run SETTING/BACKEND, or --setting NAME with --backend B")
         run = f"{setting}/{backend}"
     as_path = Path(run).expanduser()
-    if (as_path / "config.json").is_file():
+    if Folder(as_path).has(CONFIG):
         return as_path.resolve()
     folder = root / run
-    if not (folder / "config.json").is_file():
-        known = sorted(str(p.parent.relative_to(root)) for p in root.glob("*/*/config.json")) if root.is_dir() else []
+    if not Folder(folder).has(CONFIG):
+        known = sorted(str(p.relative_to(root)) for p in root.glob("*/*") if Folder(p).has(CONFIG)) if root.is_dir() else []
         hint = f"; runs: {', '.join(known)}" if known else f"; {root} holds no runs"
         raise BenchError(f"--run {run}: no run folder {folder} with a config.json{hint}")
     return folder
@@ -55,27 +57,22 @@ def read_run(folder: Path) -> RunFolder:
         label = str(folder.relative_to(paths.runs_dir()))
     except ValueError:
         label = str(folder)
-    config = read_json(folder / "config.json")
-    if not isinstance(config, dict):
-        raise BenchError(f"{folder / 'config.json'}: expected a JSON object")
+    owner = Folder(folder)
+    config_path = owner.member(CONFIG)
+    config = owner.read_config()
     backend = config.get("backend")
     if config.get("kind") == "external" or backend == "external":
-        raise BenchError(f"{folder / 'config.json'}: an external run has no model to trace; bench attend needs a run bench captioned")
+        raise BenchError(f"{config_path}: an external run has no model to trace; bench attend needs a run bench captioned")
     for key in ("backend", "model", "generation"):
         if key not in config:
-            raise BenchError(f"{folder / 'config.json'}: key {key!r} is missing")
-    split_path = folder / "split.json"
-    split = read_json(split_path)
-    samples = split.get("samples") if isinstance(split, dict) else None
-    if not isinstance(samples, list):
-        raise BenchError(f"{split_path}: key 'samples' must be a list")
+            raise BenchError(f"{config_path}: key {key!r} is missing")
     image_paths: dict[str, Path] = {}
-    for k, s in enumerate(samples):
-        if not isinstance(s, dict) or not isinstance(s.get("image_id"), (str, int)) or not isinstance(s.get("path"), str):
-            raise BenchError(f"{split_path}: key 'samples[{k}]' needs a string 'image_id' and 'path'")
-        image_path = Path(paths.expand(s["path"]))
-        image_paths[str(s["image_id"])] = image_path if image_path.is_absolute() else paths.project_dir() / image_path
-    pred_path = folder / "predictions.jsonl"
+    for k, s in enumerate(owner.read_split().samples):
+        if not s.path:
+            raise BenchError(f"{owner.member(SPLIT)}: key 'samples[{k}]' needs a string 'image_id' and 'path'")
+        image_path = Path(paths.expand(s.path))
+        image_paths[s.image_id] = image_path if image_path.is_absolute() else paths.project_dir() / image_path
+    pred_path = owner.predictions
     if not pred_path.exists():
         raise BenchError(f"{pred_path}: file not found (the run has captioned nothing yet)")
     captions: dict[str, str] = {}
@@ -88,19 +85,18 @@ def read_run(folder: Path) -> RunFolder:
 
 def per_image_scores(folder: Path, key: str = SCORE_KEY) -> dict[str, float]:
     """image_id -> the run's per-image `key` score from metrics.json."""
-    path = folder / "metrics.json"
-    if not path.exists():
+    owner = Folder(folder)
+    path = owner.member(METRICS)
+    scored = owner.read_metrics()
+    if scored is None:
         raise BenchError(f"{path}: file not found; --top/--bottom pick images by the run's per-image {key} (score the run first)")
-    scored = read_json(path)
-    per_image = scored.get("per_image") if isinstance(scored, dict) else None
-    if not isinstance(per_image, dict) or not per_image:
+    if not scored.per_image:
         raise BenchError(f"{path}: key 'per_image' is missing or empty; --top/--bottom need per-image {key}")
     scores: dict[str, float] = {}
-    for image_id, values in per_image.items():
-        value = values.get(key) if isinstance(values, dict) else None
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+    for image_id, values in scored.per_image.items():
+        if key not in values:
             raise BenchError(f"{path}: key 'per_image.{image_id}.{key}' is missing (was the run scored with clipscore?)")
-        scores[str(image_id)] = float(value)
+        scores[image_id] = values[key]
     return scores
 
 
@@ -117,7 +113,7 @@ def select_images(
             raise BenchError("--images: no image id given")
         for image_id in ids:
             if image_id not in run.image_paths:
-                raise BenchError(f"--images: image id {image_id!r} is not in {run.path / 'split.json'}")
+                raise BenchError(f"--images: image id {image_id!r} is not in {Folder(run.path).member(SPLIT)}")
         scores = _scores_if_any(run.path)
         picked = [(i, scores.get(i)) for i in ids]
     else:

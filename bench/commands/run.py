@@ -104,14 +104,15 @@ def _sharded(console: Console, shard: str | None, plan_all: Any) -> list[Any]:
 
 def metrics_table(results: dict[str, Any], title: str | None = None) -> Table:
     """One row per metric (pycocoevalcap 0-1 scale; CLIPScore on the paper's 0-2.5 scale)."""
-    from bench.run import METRIC_KEYS
+    from bench.scoring.metrics import metric_keys
 
     metrics = results.get("metrics", {})
     timings = results.get("timings", {})
     table = Table(title=title, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    keys = [k for k in METRIC_KEYS if k in metrics] + sorted(k for k in metrics if k not in METRIC_KEYS)
+    known = metric_keys()
+    keys = [k for k in known if k in metrics] + sorted(k for k in metrics if k not in known)
     for key in keys:
         value = metrics[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, (int, float)) else escape(str(value)))

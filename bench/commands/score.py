@@ -15,8 +15,9 @@ import typer
 from rich.console import Console
 
 from bench.errors import BenchError
+from bench.scoring.metrics import default_families, families, image_families
 
-DEFAULT_METRICS = "bleu,meteor,rouge,cider,clipscore"
+DEFAULT_METRICS = ",".join(default_families())
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 
 
@@ -169,7 +170,7 @@ ClipModelOption = Annotated[
     ),
 ]
 MetricsOption = Annotated[
-    str, typer.Option("--metrics", help="Comma-separated subset of bleu,meteor,rouge,cider,clipscore.")
+    str, typer.Option("--metrics", help=f"Comma-separated subset of {','.join(families())}.")
 ]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print exactly one JSON object on stdout (progress goes to stderr).")
@@ -237,7 +238,7 @@ def _clip_images(
     metric_names: Any, images: Path | None, entry_by_id: dict[str, Any], err: Console
 ) -> dict[str, Path] | None:
     """The image files CLIPScore needs, or None when it is not asked for or --images is missing."""
-    if "clipscore" not in metric_names:
+    if not any(m in image_families() for m in metric_names):
         return None
     if images is None:
         err.print("CLIPScore/RefCLIPScore skipped: pass --images DIR to compute them", highlight=False)
@@ -261,7 +262,8 @@ def score(
 ) -> None:
     """Score PREDICTIONS against --refs with BLEU-1..4, METEOR, ROUGE-L, CIDEr (as pycocoevalcap)
     and CLIPScore / RefCLIPScore (as Hessel et al. 2021)."""
-    from bench.scoring import Scorer, parse_metrics
+    from bench.scoring import parse_metrics
+    from bench.scoring.scorer import Scorer
 
     err = Console(stderr=True, soft_wrap=True)  # one message, one line
     metric_names = parse_metrics(metrics)

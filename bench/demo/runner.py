@@ -29,7 +29,6 @@ from bench.demo.profile import (
 from bench.demo.report import make_report
 from bench.demo.verdict import Verdict
 from bench.errors import BenchError
-from bench.io import read_json
 
 
 @dataclass(frozen=True)
@@ -55,21 +54,21 @@ def demo_settings(profile: Profile) -> list[Setting]:
 def _stale(plan: Any, model_dirs: Sequence[Path]) -> str | None:
     """Why a finished demo run must be recomputed: a different config in its folder (e.g. a --fast
     demo ran there before), or a model it used rebuilt after it finished."""
-    from bench.run import config_diff
+    from bench.run import RunFolder, config_diff
+    from bench.run.folder import CONFIG, RESULTS
 
-    results_path = plan.run_dir / "results.json"
-    config_path = plan.run_dir / "config.json"
-    if results_path.is_file():
-        results = read_json(results_path)
-        if config_diff(results.get("config", {}), plan.config) or results.get("fingerprint") != plan.split.fingerprint:
+    folder = RunFolder(plan.run_dir)
+    if folder.complete:
+        results = folder.read_results()
+        if config_diff(results.config, plan.config) or results.fingerprint != plan.split.fingerprint:
             return "it holds a run of another demo configuration"
-        finished = results_path.stat().st_mtime
+        finished = folder.member(RESULTS).stat().st_mtime
         for folder in model_dirs:
             manifest = folder / MANIFEST
             if manifest.is_file() and manifest.stat().st_mtime > finished:
                 return f"its model {folder.name} was rebuilt since"
         return None
-    if config_path.is_file() and config_diff(read_json(config_path), plan.config):
+    if folder.has(CONFIG) and config_diff(folder.read_config(), plan.config):
         return "it holds a partial run of another demo configuration"
     return None
 

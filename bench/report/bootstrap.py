@@ -35,40 +35,12 @@ from bench.report.cider_tables import (  # noqa: F401  (corpus_* are part of thi
     ref_tables,
 )
 from bench.report.meteor import corpus_meteor
-
-CORPUS_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr")
-MEAN_METRICS = ("ROUGE-L", "CLIPScore", "RefCLIPScore")
-ALL_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CLIPScore", "RefCLIPScore")
-
-
-# --- resampling --------------------------------------------------------------------------------
-
-def resample_counts(n_images: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n_images) int multiplicities: row b says how often each image is drawn."""
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_images, size=(n_boot, n_images))
-    flat = draws + (np.arange(n_boot) * n_images)[:, None]
-    return np.bincount(flat.ravel(), minlength=n_boot * n_images).reshape(n_boot, n_images).astype(np.int64)
-
-
-def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of bootstrap samples."""
-    tail = (1.0 - level) / 2.0 * 100.0
-    lo, hi = np.percentile(samples, [tail, 100.0 - tail])
-    return float(lo), float(hi)
-
-
-def paired_p_value(run: np.ndarray, run_full: float, base: np.ndarray, base_full: float) -> float:
-    """Two-sided paired bootstrap p-value of "run and baseline score the same".
-
-    The resampled differences d_b, centred on the observed difference d, approximate its null
-    distribution: p = (1 + #{|d_b - d| >= |d|}) / (B + 1). A run against itself (or against a run
-    with identical scores) gives exactly 1.
-    """
-    observed = run_full - base_full
-    diffs = (run - base) - observed
-    extreme = int(np.count_nonzero(np.abs(diffs) >= abs(observed)))
-    return (1 + extreme) / (len(run) + 1)
+from bench.scoring.metrics import keys_aggregated
+from bench.scoring.resample import (  # noqa: F401  (part of this module's API)
+    paired_p_value,
+    percentile_ci,
+    resample_counts,
+)
 
 
 def rouge_per_image(refs: Sequence[Sequence[str]], cands: Sequence[str]) -> np.ndarray:
@@ -82,8 +54,9 @@ def rouge_per_image(refs: Sequence[Sequence[str]], cands: Sequence[str]) -> np.n
 @dataclass
 class RunInput:
     """One run of a section: tokenized candidates aligned with the section's images, the
-    per-image scores (aligned the same way) of the metrics that are means (MEAN_METRICS; others
-    are ignored), and the METEOR jar's per-image statistics (N, 23), if METEOR was scored."""
+    per-image scores (aligned the same way) of the metrics that are means (aggregate "mean" in
+    the metric table; others are ignored), and the METEOR jar's per-image statistics (N, 23), if
+    METEOR was scored."""
 
     name: str
     cands: Sequence[str]
@@ -174,7 +147,8 @@ def _corpus_samples(
     n = len(refs)
     tables = ref_tables(refs)
     cands = {r.name: cand_tables(tables, r.cands) for r in runs}
-    per_run: dict[str, dict[str, list[np.ndarray]]] = {r.name: {m: [] for m in CORPUS_METRICS} for r in runs}
+    corpus_keys = (*keys_aggregated("bleu"), *keys_aggregated("cider"))  # what this loop computes
+    per_run: dict[str, dict[str, list[np.ndarray]]] = {r.name: {m: [] for m in corpus_keys} for r in runs}
     cider_full: dict[str, np.ndarray] = {}
     for start in range(0, len(all_counts), chunk):
         m = all_counts[start : start + chunk]
@@ -205,7 +179,7 @@ def _other_samples(run: RunInput, all_counts: np.ndarray) -> dict[str, np.ndarra
         if stats.shape[0] != n:
             raise ValueError(f"{run.name}: METEOR statistics for {stats.shape[0]} images, expected {n}")
         out["METEOR"] = corpus_meteor(stats, countsf)
-    for metric in MEAN_METRICS:
+    for metric in keys_aggregated("mean"):
         s = np.asarray(run.per_image.get(metric, ()), dtype=np.float64)
         if s.shape == (n,) and np.all(np.isfinite(s)):
             out[metric] = countsf @ s / n

@@ -26,7 +26,7 @@ from PIL import Image
 from bench.errors import BenchError
 from bench.io import atomic_write_bytes
 from bench.report.markdown import plain
-from bench.report.section import HEADLINE, RunSummary, Section
+from bench.report.section import RunSummary, Section
 
 DPI = 100
 BARS_WIDTH_IN = 12.0
@@ -79,7 +79,7 @@ def _label(text: str, max_len: int = 40) -> str:
 def metric_bars(section: Section, path: Path) -> Written:
     """One panel per headline metric: a bar per run with its 95% CI whisker."""
     runs = section.runs
-    metrics = section.metrics_present(HEADLINE)
+    metrics = section.metrics_present()
     width, height = bars_size(len(runs), len(metrics))
     fig = _new(width / DPI, height / DPI)
     rows = max(1, -(-len(metrics) // 3))
@@ -117,9 +117,10 @@ def quality_vs_cost(section: Section, path: Path) -> Written | None:
     run with a price (bench.cost), the Pareto front (no run cheaper and better) joined in red.
     None when no run of the section has a $ figure."""
     from bench.cost import pareto_front
+    from bench.scoring.metrics import spec
 
     priced = [r for r in section.runs if r.cost.usd_per_1000 is not None]
-    metrics = [m for m in section.metrics_present(HEADLINE) if any(m in r.values for r in priced)]
+    metrics = [m for m in section.metrics_present() if any(m in r.values for r in priced)]
     if not priced or not metrics:
         return None
     cols = min(3, len(metrics))
@@ -130,7 +131,8 @@ def quality_vs_cost(section: Section, path: Path) -> Written | None:
         runs = [r for r in priced if metric in r.values]
         x = [float(r.cost.usd_per_1000 or 0.0) for r in runs]
         y = [float(r.values[metric]) for r in runs]
-        front = pareto_front(x, y)
+        sign = 1.0 if spec(metric).higher_is_better else -1.0  # the metric table says which way is better
+        front = pareto_front(x, [sign * v for v in y])
         ax.scatter(x, y, color=["#C44E52" if f else "#4C72B0" for f in front], zorder=3, s=24)
         order = sorted((xi, yi) for xi, yi, f in zip(x, y, front) if f)
         ax.plot([p[0] for p in order], [p[1] for p in order], color="#C44E52", lw=1, zorder=2)

@@ -1,5 +1,5 @@
-"""Read finished runs straight from the run-folder format (results.json, split.json,
-predictions.jsonl, metrics.json, train/loss.csv, attend/*.png).
+"""Finished runs for the report, read through the run-folder owner (bench.run.folder):
+results.json, split.json, predictions.jsonl, metrics.json, train/loss.csv, attend/*.png.
 
 A run is finished when its results.json exists (it is written last, atomically). Anything
 malformed in a finished run is a one-line BenchError naming the file and the key.
@@ -10,16 +10,14 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.io import read_json, read_records
+from bench.io import read_records
 from bench.paths import expand, project_dir
-
-KINDS = ("zero-shot", "lora", "external")
+from bench.run.folder import SPLIT, RunFolder
 
 
 @dataclass(frozen=True)
@@ -60,56 +58,6 @@ class RunData:
         return hashlib.sha256("\n".join(self.image_ids).encode()).hexdigest()[:12]
 
 
-def _need(obj: Any, key: str, path: Path, kind: type | tuple[type, ...], where: str = "") -> Any:
-    if not isinstance(obj, dict) or key not in obj:
-        raise BenchError(f"{path}: missing key '{where}{key}'")
-    value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise BenchError(f"{path}: key '{where}{key}' has the wrong type ({type(value).__name__})")
-    return value
-
-
-def _opt_str(obj: dict[str, Any], key: str, path: Path) -> str | None:
-    value = obj.get(key)
-    if value is not None and not isinstance(value, str):
-        raise BenchError(f"{path}: key '{key}' must be a string or null")
-    return value
-
-
-def _metric_dict(obj: Any, path: Path, where: str) -> dict[str, float]:
-    if obj is None:
-        return {}
-    if not isinstance(obj, dict):
-        raise BenchError(f"{path}: key '{where}' must be an object of metric values")
-    out: dict[str, float] = {}
-    for name, value in obj.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise BenchError(f"{path}: key '{where}.{name}' must be a finite number")
-        out[str(name)] = float(value)
-    return out
-
-
-def _meteor_stats(obj: Any, path: Path) -> dict[str, tuple[float, ...]]:
-    """metrics.json "meteor_stats": image_id -> 23 finite numbers."""
-    from bench.report.meteor import STATS_LENGTH
-
-    if obj is None:
-        return {}
-    if not isinstance(obj, dict):
-        raise BenchError(f"{path}: key 'meteor_stats' must be an object keyed by image_id")
-    out: dict[str, tuple[float, ...]] = {}
-    for image_id, row in obj.items():
-        ok = isinstance(row, list) and len(row) == STATS_LENGTH and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row
-        )
-        if not ok:
-            raise BenchError(f"{path}: key 'meteor_stats.{image_id}' must be a list of {STATS_LENGTH} finite numbers")
-        out[str(image_id)] = tuple(float(v) for v in row)
-    return out
-
-
 def _image_path(raw: Any) -> Path | None:
     if not isinstance(raw, str) or not raw:
         return None
@@ -118,80 +66,49 @@ def _image_path(raw: Any) -> Path | None:
 
 
 def read_results(folder: Path) -> dict[str, Any]:
-    """results.json of a finished run, with the keys the report needs checked."""
-    res_path = folder / "results.json"
-    results = read_json(res_path)
-    if not isinstance(results, dict):
-        raise BenchError(f"{res_path}: expected a JSON object")
-    for key in ("run", "kind", "dataset", "fingerprint"):
-        _need(results, key, res_path, str)
-    if results["kind"] not in KINDS:
-        raise BenchError(f"{res_path}: key 'kind' must be one of {', '.join(KINDS)}, got {results['kind']!r}")
-    return results
+    """results.json of a finished run, with the keys the report needs checked (bench.run.folder)."""
+    return RunFolder(folder).read_results().to_json()
 
 
 def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
     """Read one finished run folder (results.json present)."""
-    res_path = folder / "results.json"
-    results = read_results(folder) if results is None else results
-    run, kind = results["run"], results["kind"]
-    dataset, fingerprint = results["dataset"], results["fingerprint"]
-    metrics = _metric_dict(results.get("metrics"), res_path, "metrics")
-    ids, paths, refs = _read_split(folder / "split.json", fingerprint)
-    captions = _read_captions(folder / "predictions.jsonl", ids)
-    metrics, per_image, meteor_stats = _read_metrics(folder / "metrics.json", metrics)
-
-    loss = folder / "train" / "loss.csv"
-    attend = folder / "attend"
+    rf = RunFolder(folder)
+    record = rf.read_results()
+    results = record.to_json() if results is None else results
+    split = rf.read_split()
+    if split.fingerprint and split.fingerprint != record.fingerprint:
+        raise BenchError(f"{rf.path / SPLIT}: key 'fingerprint' is {split.fingerprint!r} but results.json says "
+                         f"{record.fingerprint!r}")
+    ids = [s.image_id for s in split.samples]
+    captions = _read_captions(rf.predictions, ids)
+    scored = rf.read_metrics()
+    # Corpus metrics as results.json records them, else as metrics.json does.
+    metrics = record.metrics or (scored.corpus if scored else {})
+    loss = rf.member("train") / "loss.csv"
+    attend = rf.member("attend")
     return RunData(
-        run=run,
+        run=record.run,
         folder=folder,
-        kind=kind,
-        setting=str(results.get("setting") or run.split("/")[0]),
-        backend=str(results.get("backend") or (run.split("/")[-1] if "/" in run else "")),
-        prompt=_opt_str(results, "prompt", res_path),
-        prompt_text=_opt_str(results, "prompt_text", res_path),
-        model=str(results.get("model") or ""),
-        image_mode=_opt_str(results, "image_mode", res_path),
-        dataset=dataset,
-        fingerprint=fingerprint,
+        kind=record.kind,
+        setting=record.setting,
+        backend=record.backend,
+        prompt=record.prompt,
+        prompt_text=record.prompt_text,
+        model=record.model,
+        image_mode=record.image_mode,
+        dataset=record.dataset,
+        fingerprint=record.fingerprint,
         image_ids=tuple(ids),
-        image_paths=tuple(paths),
-        refs=tuple(refs),
+        image_paths=tuple(_image_path(s.path) for s in split.samples),
+        refs=tuple(s.refs for s in split.samples),
         captions=tuple(captions[i] for i in ids),
         metrics=metrics,
-        per_image=per_image,
-        meteor_stats=meteor_stats,
+        per_image=scored.per_image if scored else {},
+        meteor_stats={k: tuple(v) for k, v in scored.meteor_stats.items()} if scored else {},
         results=results,
         loss_csv=loss if loss.is_file() else None,
         attend_pngs=tuple(sorted(attend.glob("*.png"))) if attend.is_dir() else (),
     )
-
-
-def _read_split(split_path: Path, fingerprint: str) -> tuple[list[str], list[Path | None], list[tuple[str, ...]]]:
-    """Image ids, image paths and references of the run's split.json, in split order."""
-    split = read_json(split_path)
-    samples = _need(split, "samples", split_path, list)
-    if split.get("fingerprint", fingerprint) != fingerprint:
-        raise BenchError(
-            f"{split_path}: key 'fingerprint' is {split.get('fingerprint')!r} but results.json says {fingerprint!r}"
-        )
-    ids: list[str] = []
-    paths: list[Path | None] = []
-    refs: list[tuple[str, ...]] = []
-    for k, s in enumerate(samples):
-        image_id = _need(s, "image_id", split_path, (str, int), f"samples[{k}].")
-        sample_refs = _need(s, "refs", split_path, list, f"samples[{k}].")
-        if not sample_refs or not all(isinstance(r, str) for r in sample_refs):
-            raise BenchError(f"{split_path}: key 'samples[{k}].refs' must be a non-empty list of strings")
-        ids.append(str(image_id))
-        paths.append(_image_path(s.get("path")))
-        refs.append(tuple(sample_refs))
-    if not ids:
-        raise BenchError(f"{split_path}: key 'samples' is empty")
-    if len(set(ids)) != len(ids):
-        raise BenchError(f"{split_path}: key 'samples' lists an image_id twice")
-    return ids, paths, refs
 
 
 def _read_captions(pred_path: Path, ids: list[str]) -> dict[str, str]:
@@ -210,27 +127,6 @@ def _read_captions(pred_path: Path, ids: list[str]) -> dict[str, str]:
     return captions
 
 
-def _read_metrics(
-    metrics_path: Path, metrics: dict[str, float]
-) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, tuple[float, ...]]]:
-    """(corpus metrics: results.json's if any, else metrics.json's; per-image scores; METEOR
-    statistics) of a run; empty when metrics.json does not exist."""
-    per_image: dict[str, dict[str, float]] = {}
-    if not metrics_path.exists():
-        return metrics, per_image, {}
-    scored = read_json(metrics_path)
-    if not isinstance(scored, dict):
-        raise BenchError(f"{metrics_path}: expected a JSON object")
-    if not metrics:
-        metrics = _metric_dict(scored.get("corpus"), metrics_path, "corpus")
-    raw = scored.get("per_image") or {}
-    if not isinstance(raw, dict):
-        raise BenchError(f"{metrics_path}: key 'per_image' must be an object keyed by image_id")
-    for image_id, values in raw.items():
-        per_image[str(image_id)] = _metric_dict(values, metrics_path, f"per_image.{image_id}")
-    return metrics, per_image, _meteor_stats(scored.get("meteor_stats"), metrics_path)
-
-
 def find_runs(runs_root: Path, *, dataset: str | None = None, runs_glob: str | None = None) -> list[RunData]:
     """Every finished run under runs_root (runs/<setting>/<backend>/results.json), filtered by
     dataset and by an fnmatch pattern on the run name, sorted by run name."""
@@ -238,13 +134,13 @@ def find_runs(runs_root: Path, *, dataset: str | None = None, runs_glob: str | N
         return []
     # Filter on results.json first: runs left out are never read further.
     chosen = []
-    for path in sorted(runs_root.glob("*/*/results.json")):
-        results = read_results(path.parent)
+    for folder in sorted(p for p in runs_root.glob("*/*") if RunFolder(p).complete):
+        results = read_results(folder)
         if dataset is not None and results["dataset"] != dataset:
             continue
         if runs_glob is not None and not fnmatch.fnmatchcase(results["run"], runs_glob):
             continue
-        chosen.append((path.parent, results))
+        chosen.append((folder, results))
     found = [load_run(folder, results) for folder, results in chosen]
     names = [r.run for r in found]
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-STATS_LENGTH = 23
+from bench.scoring.text_metrics import METEOR_STATS_LENGTH as STATS_LENGTH
+
 N_MODULES = 4
 # The jar's English parameters (alpha, beta, gamma, delta) and module weights, as it prints
 # them in its eval ID: meteor-1.5-wo-en-norm-0.85_0.2_0.6_0.75-ex_st_sy_pa-1.0_0.6_0.8_0.6.

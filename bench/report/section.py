@@ -13,15 +13,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench.report.bootstrap import ALL_METRICS, BootstrapResult, RunInput, bootstrap, rouge_per_image
+from bench.report.bootstrap import BootstrapResult, RunInput, bootstrap, rouge_per_image
 from bench.report.diagnostics import Cost, Degeneration, cost, degeneration, recorded_count
 from bench.report.load import RunData
 from bench.report.meteor import JarStats
 from bench.report.tokens import RunTokens
+from bench.scoring.metrics import headline_keys, keys_aggregated, metric_keys, recomputable_keys
 
-HEADLINE = ("CIDEr", "CLIPScore", "RefCLIPScore", "BLEU-4", "METEOR", "ROUGE-L")
-P_METRICS = ("CIDEr", "CLIPScore")
-_RECOMPUTED = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr", "ROUGE-L")
 _MISMATCH_TOL = 1e-6
 
 
@@ -57,8 +55,9 @@ class Section:
     def n_images(self) -> int:
         return len(self.image_ids)
 
-    def metrics_present(self, names: Sequence[str] = HEADLINE) -> list[str]:
-        return [m for m in names if any(m in r.values for r in self.runs)]
+    def metrics_present(self, names: Sequence[str] | None = None) -> list[str]:
+        """The metrics (the table's headline columns unless `names`) that some run has."""
+        return [m for m in (headline_keys() if names is None else names) if any(m in r.values for r in self.runs)]
 
     def run(self, name: str) -> RunSummary:
         return next(r for r in self.runs if r.name == name)
@@ -126,7 +125,7 @@ def _bootstrap_inputs(
             pos = {image_id: k for k, image_id in enumerate(run.image_ids)}
             cands = tuple(tokens[run.run].captions[pos[i]] for i in image_ids)
             per_image: dict[str, np.ndarray] = {}
-            for metric in ("METEOR", "ROUGE-L", "CLIPScore", "RefCLIPScore"):
+            for metric in (*keys_aggregated("meteor"), *keys_aggregated("mean")):
                 values = [run.per_image.get(i, {}).get(metric) for i in image_ids]
                 if all(v is not None for v in values):
                     per_image[metric] = np.asarray(values, dtype=np.float64)
@@ -146,7 +145,7 @@ def _baseline_p_values(summaries: list[RunSummary], baseline: str | None, boot: 
         if baseline is not None:
             notes.append(f"baseline {baseline} is not among these runs; using {base} (the default)")
     for r in summaries:
-        for m in ALL_METRICS:
+        for m in metric_keys():
             p = boot.p_value(r.name, base, m)
             if p is not None:
                 r.p[m] = p
@@ -184,8 +183,8 @@ def _run_summary(
     """One run's values, CIs and diagnostics; a note when its recorded CIDEr/BLEU-4/METEOR differ
     from the recomputed ones."""
     recomputed = boot.full[run.run]
-    values = {m: run.metrics[m] for m in ALL_METRICS if m in run.metrics}
-    for m in _RECOMPUTED:
+    values = {m: run.metrics[m] for m in metric_keys() if m in run.metrics}
+    for m in recomputable_keys():
         if m not in values and m in recomputed:
             values[m] = recomputed[m]
     mismatched = [
@@ -198,7 +197,7 @@ def _run_summary(
             f"{run.run}: recorded {m} {run.metrics[m]:.6f} differs from {recomputed[m]:.6f} recomputed from its "
             "predictions (different tokenization?); its CI is around the recomputed value"
         )
-    ci = {m: iv for m in ALL_METRICS if (iv := boot.ci(run.run, m)) is not None}
+    ci = {m: iv for m in metric_keys() if (iv := boot.ci(run.run, m)) is not None}
     per_image["CIDEr"] = boot.cider_per_image[run.run]
     return RunSummary(
         data=run,

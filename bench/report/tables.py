@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from bench.report.markdown import cell
-from bench.report.section import HEADLINE, P_METRICS, RunSummary, Section
+from bench.report.section import RunSummary, Section
+from bench.scoring.metrics import p_value_keys
 
 DASH = "—"
 
@@ -103,9 +104,9 @@ def _build(title: str, rows: Sequence[RunSummary], cols: Sequence[_Col]) -> Tabl
 def _metric_cols(section: Section) -> list[_Col]:
     cols = [
         _Col(m, lambda r, m=m: fmt_metric(r.values.get(m), r.ci.get(m)), lambda r, m=m: r.values.get(m))
-        for m in section.metrics_present(HEADLINE)
+        for m in section.metrics_present()
     ]
-    for m in section.metrics_present(P_METRICS):
+    for m in section.metrics_present(p_value_keys()):
         cols.append(_Col(f"p {m}", lambda r, m=m: "baseline" if r.name == section.baseline else fmt_p(r.p.get(m))))
     return cols
 
@@ -271,12 +272,12 @@ def same_model_table(section: Section, backend: str, model: str, zero: list[RunS
         _text("epochs", lambda r: _cfg(r, "train", "epochs") if r.data.kind == "lora" else None, 8),
         *[
             _Col(m, lambda r, m=m: fmt_metric(r.values.get(m), r.ci.get(m)), lambda r, m=m: r.values.get(m))
-            for m in section.metrics_present(HEADLINE)
+            for m in section.metrics_present()
         ],
         _text("p vs", vs, 60),
         *[
             _Col(f"p {m}", lambda r, m=m: _p_text(section, r, partners.get(r.name), m))
-            for m in section.metrics_present(P_METRICS)
+            for m in section.metrics_present(p_value_keys())
         ],
         _Col("Trainable params", lambda r: _num(r.cost.trainable, ",")),
         _Col("Trainable %", lambda r: _num(r.cost.trainable_pct, ".3f", "%")),

@@ -13,7 +13,7 @@ lock, writes the folder and scores; all ranks train (DDP) and caption their shar
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +21,12 @@ from typing import Any
 
 from bench.distributed import Dist, detect
 from bench.errors import BenchError
-from bench.io import atomic_write_json, exclusive_lock
+from bench.io import exclusive_lock
 from bench.run.environment import cpu_threads, free_memory, reset_peak_memory, resolve_device
+from bench.run.folder import CaptionRecord, MetricsRecord, RunFolder, StageState, TrainRecord
 from bench.run.plan import RunPlan, run_label
 from bench.run.registry import cached_results, remove_stale_temps, start_run
-from bench.run.results import RunResult, build_results, metrics_json
+from bench.run.results import RunResult, build_results
 from bench.scoring.pool import ScorerPool
 
 
@@ -39,7 +40,7 @@ class RunContext:
     progress: bool
     num_workers: int
     dist: Dist
-    state: dict[str, Any]  # run_state.json: figures of the finished stages
+    state: StageState  # run_state.json: figures of the finished stages
     trackers: Any = None  # bench.tracking.Trackers of a --log-with run (rank 0), else None
 
     def say(self, message: str) -> None:
@@ -47,7 +48,7 @@ class RunContext:
             self.console.print(message, highlight=False)
 
     def save_state(self) -> None:
-        self.dist.on_main(lambda: atomic_write_json(self.plan.run_dir / "run_state.json", self.state))
+        self.dist.on_main(lambda: RunFolder(self.plan.run_dir).write_state(self.state))
 
 
 def escape(text: str) -> str:
@@ -109,11 +110,11 @@ def load_and_train(run: RunContext) -> Any:
         if plan.kind == "lora":
             captioner.add_lora(setting.lora)
     # Model loading (imports included) summed over sessions: `make bench` breaks the run down by it.
-    run.state["load_s"] = float(run.state.get("load_s", 0.0)) + time.perf_counter() - started
+    run.state.load_s += time.perf_counter() - started
     if plan.kind != "lora":
         resolved = getattr(captioner, "resolved_options", None)
         if resolved is not None:  # family, prompt rule and image mode, for results.json and the report
-            run.state["model"] = resolved()
+            run.state.model = resolved()
             run.save_state()
         return captioner
     from bench import training
@@ -122,19 +123,19 @@ def load_and_train(run: RunContext) -> Any:
     pairs = training.training_pairs(plan.split.train, setting.train.train_size)
     run.say(f"training LoRA r={setting.lora.r} for {setting.train.epochs} epoch(s) on {len(pairs)} pairs")
     result = training.train(
-        captioner, pairs, setting.train, plan.run_dir / "train", setting.seed, run.device,
+        captioner, pairs, setting.train, RunFolder(plan.run_dir).member("train"), setting.seed, run.device,
         progress=run.progress, num_workers=run.num_workers, dist=run.dist, trackers=run.trackers,
     )
-    if "train" not in run.state:  # a resumed run keeps the first record
-        run.state["train"] = {
-            "epochs_done": int(result.epochs_done),
-            "steps": int(result.steps),
-            "final_loss": float(result.final_loss) if result.final_loss is not None else None,
-            "train_s": float(result.train_s),
-            "trainable": int(result.trainable),
-            "total": int(result.total),
-            "n_pairs": len(pairs),
-        }
+    if run.state.train is None:  # a resumed run keeps the first record
+        run.state.train = TrainRecord(
+            epochs_done=int(result.epochs_done),
+            steps=int(result.steps),
+            final_loss=float(result.final_loss) if result.final_loss is not None else None,
+            train_s=float(result.train_s),
+            trainable=int(result.trainable),
+            total=int(result.total),
+            n_pairs=len(pairs),
+        )
         run.save_state()
     return captioner
 
@@ -151,16 +152,17 @@ def _generation_autocast(plan: RunPlan, device: Any) -> Any:
     return autocast_dtype(plan.setting.train.precision, device)
 
 
-def _caption_state(previous: Mapping[str, Any], stats: Sequence[Any]) -> dict[str, Any]:
+def _caption_state(previous: CaptionRecord | None, stats: Sequence[Any]) -> CaptionRecord:
     """Captioning figures summed over sessions; over the ranks of one session, the slowest rank's
     seconds (they ran side by side) and every rank's images."""
-    return {
-        "generate_s": float(previous.get("generate_s", 0.0)) + max(s.wall_s for s in stats),
-        "model_s": float(previous.get("model_s", 0.0)) + max(s.generate_s for s in stats),
-        "n_captioned": int(previous.get("n_captioned", 0)) + sum(s.n_captioned for s in stats),
+    previous = previous or CaptionRecord()
+    return CaptionRecord(
+        generate_s=float(previous.generate_s) + max(s.wall_s for s in stats),
+        model_s=float(previous.model_s) + max(s.generate_s for s in stats),
+        n_captioned=int(previous.n_captioned) + sum(s.n_captioned for s in stats),
         # Each image is captioned once over all sessions and ranks, so its flags simply add up.
-        "n_truncated": int(previous.get("n_truncated", 0)) + sum(s.n_truncated for s in stats),
-    }
+        n_truncated=int(previous.n_truncated) + sum(s.n_truncated for s in stats),
+    )
 
 
 def caption_via_endpoint(run: RunContext, captioner: Any, missing: int) -> None:
@@ -169,13 +171,14 @@ def caption_via_endpoint(run: RunContext, captioner: Any, missing: int) -> None:
     from bench.served.records import served_path, summary
 
     plan = run.plan
-    run.say(f"captioning {missing} of {len(plan.samples)} images through {escape(plan.setting.models[plan.backend].base_url)}")
+    model_cfg = plan.setting.models[plan.backend]
+    run.say(f"captioning {missing} of {len(plan.samples)} images through {escape(model_cfg.base_url)}")
     outcome = captioner.caption_run(plan.samples, plan.setting.generation, plan.setting.seed, plan.run_dir,
                                     progress=run.progress, console=run.console)
-    run.state["caption"] = _caption_state(run.state.get("caption", {}), [outcome.stats])
+    run.state.caption = _caption_state(run.state.caption, [outcome.stats])
     endpoint = captioner.endpoint_for(plan.setting.generation, plan.setting.seed)
-    run.state["served"] = {
-        "base_url": endpoint.client.base_url, "model": endpoint.model, "api_key_env": plan.setting.models[plan.backend].api_key_env or None,
+    run.state.served = {
+        "base_url": endpoint.client.base_url, "model": endpoint.model, "api_key_env": model_cfg.api_key_env or None,
         "decoding": endpoint.decoding(), **summary(served_path(plan.run_dir), [s.image_id for s in plan.samples]),
     }
     run.save_state()
@@ -199,11 +202,11 @@ def caption(run: RunContext, captioner: Any, missing: int) -> None:
     where = f" on {run.dist.world_size} processes" if run.dist.enabled else ""
     run.say(f"captioning {missing} of {len(plan.samples)} images (batch {plan.setting.generation.batch_size}){where}")
     stats = captioning.caption_samples(
-        captioner, plan.samples, plan.setting.generation, plan.run_dir / "predictions.jsonl", run.num_workers,
+        captioner, plan.samples, plan.setting.generation, RunFolder(plan.run_dir).predictions, run.num_workers,
         progress=run.progress, console=run.console, dist=run.dist,
         amp_dtype=_generation_autocast(plan, run.device),
     )
-    run.state["caption"] = _caption_state(run.state.get("caption", {}), run.dist.gather(stats))
+    run.state.caption = _caption_state(run.state.caption, run.dist.gather(stats))
     run.save_state()
 
 
@@ -211,12 +214,12 @@ def _missing_captions(plan: RunPlan) -> int:
     """Images still to caption, after folding in the shards of an interrupted multi-process run."""
     from bench.predictions_file import merge_shards
 
-    return len(plan.samples) - len(merge_shards(plan.run_dir / "predictions.jsonl", plan.samples))
+    return len(plan.samples) - len(merge_shards(RunFolder(plan.run_dir).predictions, plan.samples))
 
 
 def train_and_caption(run: RunContext) -> None:
     missing = run.dist.on_main(lambda: _missing_captions(run.plan))
-    untrained = run.plan.kind == "lora" and "train" not in run.state
+    untrained = run.plan.kind == "lora" and run.state.train is None
     if not (missing or untrained):
         return
     # Workers decode images while the model runs: leave them their cores (CPU only).
@@ -227,7 +230,7 @@ def train_and_caption(run: RunContext) -> None:
     free_memory(run.device)
 
 
-def score(run: RunContext, predictions: dict[str, str], scorers: ScorerPool | None = None) -> tuple[dict[str, Any], float]:
+def score(run: RunContext, predictions: dict[str, str], scorers: ScorerPool | None = None) -> tuple[MetricsRecord, float]:
     plan, sc = run.plan, run.plan.setting.scoring
     run.say(f"scoring {len(predictions)} captions ({', '.join(sc.metrics)}; CLIP {escape(sc.clip_model)})")
     start = time.perf_counter()
@@ -242,22 +245,21 @@ def score(run: RunContext, predictions: dict[str, str], scorers: ScorerPool | No
             {s.image_id: Path(s.path) for s in plan.samples},
             progress=run.progress,
         )
-    return metrics_json(result), time.perf_counter() - start
+    return MetricsRecord.of(result), time.perf_counter() - start
 
 
 def score_and_record(run: RunContext, scorers: ScorerPool | None) -> dict[str, Any]:
     """metrics.json, then results.json: written last, it marks the run complete (rank 0 only)."""
     from bench.predictions_file import existing_predictions
 
-    run_dir = run.plan.run_dir
-    predictions = existing_predictions(run_dir / "predictions.jsonl", run.plan.samples)
+    folder = RunFolder(run.plan.run_dir)
+    predictions = existing_predictions(folder.predictions, run.plan.samples)
     scored, score_s = score(run, predictions, scorers)
-    atomic_write_json(run_dir / "metrics.json", scored)
-    results = build_results(run.plan, scored, run.state, score_s, run.device)
-    if run.dist.enabled:
-        results["processes"] = run.dist.world_size
-    atomic_write_json(run_dir / "results.json", results)
-    return results
+    folder.write_metrics(scored)
+    processes = run.dist.world_size if run.dist.enabled else None
+    results = build_results(run.plan, scored, run.state, score_s, run.device, processes)
+    folder.write_results(results)
+    return results.to_json()
 
 
 # --- one run, start to finish -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,10 +111,6 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     if config.get("kind") != "lora":  # zero-shot runs neither train nor use LoRA settings
         ident.pop("lora", None)
         ident.pop("train", None)
-        model = ident.get("model")
-        if isinstance(model, dict) and "image_mode" not in (model.get("options") or {}):
-            # runs from before image_mode existed gave the processor the image as is: "crop"
-            ident["model"] = {**model, "options": {**(model.get("options") or {}), "image_mode": "crop"}}
     model = ident.get("model")
     if isinstance(model, dict):  # where the endpoint is, not what it serves
         options = {k: v for k, v in (model.get("options") or {}).items() if k not in TRANSPORT_OPTIONS}
@@ -137,15 +133,6 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Human-readable differences between two configs' identities ("lora.r: 32 -> 64")."""
     a, b = _flatten(run_identity(old)), _flatten(run_identity(new))
     return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
-def split_json(split: Split, samples: Sequence[Sample]) -> dict[str, Any]:
-    return {
-        "dataset": split.dataset,
-        "fingerprint": split.fingerprint,
-        "n": len(samples),
-        "samples": [{"image_id": s.image_id, "path": str(s.path), "refs": list(s.refs)} for s in samples],
-    }
 
 
 def _load_split(dataset: str, limit: int | None, splits: dict[tuple[str, int | None], Split] | None) -> Split:

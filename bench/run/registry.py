@@ -18,16 +18,11 @@ from typing import Any
 
 from bench import paths
 from bench.errors import BenchError
-from bench.io import atomic_write_json, atomic_write_text, encode_record, exclusive_lock, read_json, read_records
+from bench.io import exclusive_lock, read_records
 from bench.predictions_file import SHARD_GLOB
-from bench.run.plan import RunPlan, config_diff, run_dir_for, run_label, split_json
-from bench.run.results import load_results, normalize_metrics_json, provenance
-
-# Everything a run writes; --force removes all of it (after taking the lock) so nothing stale stays.
-RUN_FILES: tuple[str, ...] = (
-    "results.json", "metrics.json", "predictions.jsonl", "run_state.json", "split.json", "config.json",
-)
-RUN_DIRS: tuple[str, ...] = ("train", "attend", "tracking")  # attend/: bench attend; tracking/: --log-with
+from bench.run.folder import CONFIG, SPLIT, MetricsRecord, ResultsRecord, RunFolder, SplitRecord, SplitSample, StageState
+from bench.run.plan import RunPlan, config_diff, run_dir_for, run_label
+from bench.run.results import provenance
 
 
 @dataclass(frozen=True)
@@ -58,24 +53,21 @@ def cached_results(plan: RunPlan, force: bool) -> dict[str, Any] | None:
     """
     if force:
         return None
-    run_dir, label = plan.run_dir, run_label(plan.run_dir)
-    if (run_dir / "results.json").exists():
-        results = read_json(run_dir / "results.json")
-        diff = config_diff(results.get("config", {}), plan.config)
-        diff += _fingerprint_diff(results.get("fingerprint"), plan.split.fingerprint)
+    folder, label = RunFolder(plan.run_dir), run_label(plan.run_dir)
+    if folder.complete:
+        results = folder.read_results()
+        diff = config_diff(results.config, plan.config) + _fingerprint_diff(results.fingerprint, plan.split.fingerprint)
         if not diff:
-            return results
+            return results.to_json()
         raise BenchError(
             f"{label}: holds finished results for a different config ({'; '.join(diff)}); "
             "re-run with --force to replace them"
         )
-    has_outputs = (
-        (run_dir / "predictions.jsonl").exists() or (run_dir / "train").exists() or any(run_dir.glob(SHARD_GLOB))
-    )
-    if (run_dir / "config.json").exists() and has_outputs:
-        diff = config_diff(read_json(run_dir / "config.json"), plan.config)
-        if (run_dir / "split.json").exists():
-            diff += _fingerprint_diff(read_json(run_dir / "split.json").get("fingerprint"), plan.split.fingerprint)
+    has_outputs = folder.predictions.exists() or folder.has("train") or any(folder.path.glob(SHARD_GLOB))
+    if folder.has(CONFIG) and has_outputs:
+        diff = config_diff(folder.read_config(), plan.config)
+        if folder.has(SPLIT):
+            diff += _fingerprint_diff(folder.read_split().fingerprint, plan.split.fingerprint)
         if diff:
             raise BenchError(
                 f"{label}: holds a partial run of a different config ({'; '.join(diff)}); "
@@ -86,12 +78,7 @@ def cached_results(plan: RunPlan, force: bool) -> dict[str, Any] | None:
 
 def clear_run_dir(run_dir: Path) -> None:
     """Remove every output of a run (the lock file stays: it is held by the caller)."""
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    for shard in run_dir.glob(SHARD_GLOB):  # captions of an interrupted multi-process run
-        shard.unlink(missing_ok=True)
-    for name in RUN_DIRS:
-        shutil.rmtree(run_dir / name, ignore_errors=True)
+    RunFolder(run_dir).clear()
 
 
 def remove_stale_temps(run_dir: Path) -> None:
@@ -104,59 +91,58 @@ def remove_stale_temps(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def start_run(plan: RunPlan, force: bool) -> dict[str, Any]:
+def start_run(plan: RunPlan, force: bool) -> StageState:
     """Ready the run folder (under the lock): config and split written, stale outputs gone.
 
     Returns the stages already finished (`run_state.json`).
     """
-    run_dir = plan.run_dir
-    config_path = run_dir / "config.json"
-    if force or not config_path.exists() or config_diff(read_json(config_path), plan.config):
-        clear_run_dir(run_dir)  # a differing config here has no outputs (checked before)
-    atomic_write_json(run_dir / "config.json", plan.config)
-    atomic_write_json(run_dir / "split.json", split_json(plan.split, plan.samples))
-    (run_dir / "results.json").unlink(missing_ok=True)  # a stale one would claim completeness
-    state_path = run_dir / "run_state.json"
-    return read_json(state_path) if state_path.exists() else {}
+    folder = RunFolder(plan.run_dir)
+    if force or not folder.has(CONFIG) or config_diff(folder.read_config(), plan.config):
+        folder.clear()  # a differing config here has no outputs (checked before)
+    folder.write_config(plan.config)
+    folder.write_split(SplitRecord.of(plan.split, plan.samples))
+    folder.discard_results()  # a stale one would claim completeness
+    return folder.read_state()
 
 
 # --- reading the registry ---------------------------------------------------------------------------
 
-def _read_optional(path: Path) -> dict[str, Any]:
-    try:
-        return read_json(path) if path.exists() else {}
-    except BenchError:
-        return {}
-
-
 def _run_info(run_dir: Path) -> RunInfo:
     setting, backend = run_dir.parent.name, run_dir.name
-    results: dict[str, Any] | None = None
-    if (run_dir / "results.json").exists():
+    folder = RunFolder(run_dir)
+    results: ResultsRecord | None = None
+    if folder.complete:
         try:
-            results = load_results(run_dir)
+            results = folder.read_results()
         except BenchError:
             results = None
-    config, split = _read_optional(run_dir / "config.json"), _read_optional(run_dir / "split.json")
+    config, split = _optional(folder.read_config), _optional(folder.read_split)
     if results is not None:
         status = "complete"
-    elif any((run_dir / n).exists() for n in ("config.json", "predictions.jsonl", "train")):
+    elif any(folder.has(n) for n in (CONFIG, "predictions.jsonl", "train")):
         status = "partial"
     else:
         status = "empty"
-    source = results or {}
     return RunInfo(
         name=f"{setting}/{backend}",
         setting=setting,
         backend=backend,
-        kind=source.get("kind") or config.get("kind"),
+        kind=results.kind if results else config.get("kind") if isinstance(config, dict) else None,
         status=status,
-        n_predictions=len(read_records(run_dir / "predictions.jsonl")),
-        metrics=source.get("metrics"),
-        dataset=source.get("dataset") or split.get("dataset"),
-        fingerprint=source.get("fingerprint") or split.get("fingerprint"),
+        n_predictions=len(read_records(folder.predictions)),
+        metrics=results.metrics if results else None,
+        dataset=results.dataset if results else split.dataset if split else None,
+        fingerprint=results.fingerprint if results else split.fingerprint if split else None,
         path=run_dir,
     )
+
+
+def _optional(read: Any) -> Any:
+    """What `read` returns, or None for a missing or damaged file (listing never fails on one)."""
+    try:
+        return read()
+    except (BenchError, FileNotFoundError):
+        return None
 
 
 def list_runs(root: Path | None = None) -> list[RunInfo]:
@@ -178,25 +164,17 @@ def check_run_name(name: str) -> None:
         raise BenchError(f"--as-run {name!r}: a run name must be a plain folder name (no '/', not starting with '.')")
 
 
-def _external_results(name: str, source: str, dataset: str, fingerprint: str, scored: dict[str, Any],
-                      n: int, score_s: float, config: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "run": f"{name}/external",
-        "setting": name,
-        "backend": "external",
-        "kind": "external",
-        "prompt": None,
-        "prompt_text": None,
-        "model": source,
-        "dataset": dataset,
-        "fingerprint": fingerprint,
-        "n_images": int(scored.get("n_images") or n),
-        "metrics": dict(scored["corpus"]),
-        "params": None,
-        "timings": {"train_s": 0.0, "generate_s": 0.0, "score_s": round(score_s, 3), "images_per_s": 0.0},
-        **provenance(),
-        "config": config,
-    }
+def _external_results(name: str, source: str, split: SplitRecord, scored: MetricsRecord, score_s: float,
+                      config: dict[str, Any]) -> ResultsRecord:
+    prov = provenance()
+    return ResultsRecord(
+        run=f"{name}/external", setting=name, backend="external", kind="external", model=source,
+        dataset=split.dataset, fingerprint=split.fingerprint, n_images=int(scored.n_images or len(split.samples)),
+        metrics=dict(scored.corpus),
+        timings={"train_s": 0.0, "generate_s": 0.0, "score_s": round(score_s, 3), "images_per_s": 0.0},
+        memory=prov["memory"], versions=prov["versions"], git_commit=prov["git_commit"],
+        created_at=prov["created_at"], config=config,
+    )
 
 
 def record_external_run(
@@ -216,22 +194,18 @@ def record_external_run(
     missing = [i for i in predictions if i not in references]
     if missing:
         raise BenchError(f"{source}: prediction for image_id {missing[0]!r} has no references")
-    run_dir = run_dir_for(name, "external")
+    folder = RunFolder(run_dir_for(name, "external"))
     images = images or {}
-    scored = normalize_metrics_json(result_json)
+    scored = MetricsRecord.of_score_json(result_json)
     config = {"name": name, "kind": "external", "backend": "external", "source": source,
               "data": {"dataset": dataset}, "fingerprint": fingerprint}
-    samples = [{"image_id": i, "path": images.get(i), "refs": list(references[i])} for i in predictions]
-    with exclusive_lock(run_dir):
-        clear_run_dir(run_dir)
-        atomic_write_json(run_dir / "config.json", config)
-        atomic_write_json(run_dir / "split.json",
-                          {"dataset": dataset, "fingerprint": fingerprint, "n": len(predictions), "samples": samples})
-        atomic_write_text(
-            run_dir / "predictions.jsonl",
-            "".join(encode_record({"image_id": i, "caption": c}) for i, c in predictions.items()),
-        )
-        atomic_write_json(run_dir / "metrics.json", scored)
-        results = _external_results(name, source, dataset, fingerprint, scored, len(predictions), score_s, config)
-        atomic_write_json(run_dir / "results.json", results)
-    return run_dir
+    split = SplitRecord(dataset, fingerprint, tuple(
+        SplitSample(i, images.get(i), tuple(references[i])) for i in predictions))
+    with exclusive_lock(folder.path):
+        folder.clear()
+        folder.write_config(config)
+        folder.write_split(split)
+        folder.write_predictions(predictions)
+        folder.write_metrics(scored)
+        folder.write_results(_external_results(name, source, split, scored, score_s, config))
+    return folder.path

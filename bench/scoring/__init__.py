@@ -1,26 +1,16 @@
 """Reference-exact caption scoring: pycocoevalcap metrics and CLIPScore/RefCLIPScore.
 
-Heavy libraries (torch, transformers) are imported only when CLIP scores are computed.
+    metrics.py       the metric table (MetricSpec rows), read by everything that names a metric
+    scorer.py        Scorer: every metric of one prediction set in one call
+    text_metrics.py  PTB tokenization and the pycocoevalcap metrics; clipscore.py: CLIPScore
+    resample.py      the bootstrap's numpy primitives (shared by the report and tracking)
+
+Only light modules are re-exported: settings import the metric table, so importing this package
+must not load numpy, PIL or torch (the Scorer is `bench.scoring.scorer.Scorer`).
 """
 
-from bench.scoring.clipscore import CLIP_PREFIX, CLIP_WEIGHT, DEFAULT_CLIP_MODEL, ClipScorer
+from bench.scoring.metrics import MetricSpec, parse_metrics
 from bench.scoring.predictions import read_predictions
-from bench.scoring.scorer import ALL_METRICS, METRIC_KEYS, TEXT_METRICS, Scorer, ScoreResult, parse_metrics
-from bench.scoring.text_metrics import JAVA_MISSING, require_java, tokenize
+from bench.scoring.text_metrics import JAVA_MISSING, tokenize
 
-__all__ = [
-    "ALL_METRICS",
-    "CLIP_PREFIX",
-    "CLIP_WEIGHT",
-    "ClipScorer",
-    "DEFAULT_CLIP_MODEL",
-    "JAVA_MISSING",
-    "METRIC_KEYS",
-    "ScoreResult",
-    "Scorer",
-    "TEXT_METRICS",
-    "parse_metrics",
-    "read_predictions",
-    "require_java",
-    "tokenize",
-]
+__all__ = ["JAVA_MISSING", "MetricSpec", "parse_metrics", "read_predictions", "tokenize"]

@@ -9,6 +9,7 @@ every later `score` call; `close()` (or leaving the `with`) stops the JVM.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,12 +19,8 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.scoring.clipscore import DEFAULT_CLIP_MODEL, ClipScorer
-from bench.scoring.text_metrics import MeteorMetric, TextMetric, make_text_metric, tokenize
-
-TEXT_METRICS = ("bleu", "meteor", "rouge", "cider")
-ALL_METRICS = TEXT_METRICS + ("clipscore",)
-# Output key order: the pycocoevalcap metrics, then the CLIP ones.
-METRIC_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CLIPScore", "RefCLIPScore")
+from bench.scoring.metrics import default_families, family_compute, image_families, metric_keys, parse_metrics
+from bench.scoring.text_metrics import MeteorMetric, TextMetric, tokenize
 
 
 @dataclass
@@ -52,17 +49,6 @@ class ScoreResult:
             if self.meteor_stats:
                 out["meteor_stats"] = self.meteor_stats
         return out
-
-
-def parse_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """"bleu,cider" or a sequence -> validated metric names in canonical order."""
-    names = [m.strip().lower() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
-    unknown = [m for m in names if m not in ALL_METRICS]
-    if unknown:
-        raise BenchError(f"--metrics: unknown metric {unknown[0]!r}; choose from {', '.join(ALL_METRICS)}")
-    if not names:
-        raise BenchError(f"--metrics: no metric given; choose from {', '.join(ALL_METRICS)}")
-    return tuple(m for m in ALL_METRICS if m in names)
 
 
 def _examples(ids: Sequence[str], n: int = 3) -> str:
@@ -121,12 +107,12 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], No
 class Scorer:
     def __init__(
         self,
-        metrics: Sequence[str] = ALL_METRICS,
+        metrics: Sequence[str] | None = None,  # None: the table's default metrics
         clip_model: str = DEFAULT_CLIP_MODEL,
         device: str = "cpu",
         clip_batch_size: int = 64,
     ) -> None:
-        self.metrics = parse_metrics(metrics)
+        self.metrics = parse_metrics(default_families() if metrics is None else tuple(metrics))
         self.clip_model = clip_model
         self._text: dict[str, TextMetric] = {}
         self._clip = ClipScorer(clip_model, device=device, batch_size=clip_batch_size)
@@ -145,8 +131,9 @@ class Scorer:
         self._clip.close()
 
     def _metric(self, name: str) -> TextMetric:
-        if name not in self._text:
-            self._text[name] = make_text_metric(name)
+        if name not in self._text:  # the metric table names the class that computes each metric
+            module, cls = family_compute(name).split(":")
+            self._text[name] = getattr(importlib.import_module(module), cls)()
         return self._text[name]
 
     @property
@@ -170,15 +157,15 @@ class Scorer:
         ids = list(refs)
         corpus: dict[str, float] = {}
         per_image: dict[str, dict[str, float]] = {i: {} for i in ids}
-        text_names = [m for m in self.metrics if m in TEXT_METRICS]
+        text_names = [m for m in self.metrics if m not in image_families()]
         meteor_stats: dict[str, list[float]] = {}
         if text_names:
             meteor_stats = self._score_text(text_names, ids, preds, refs, corpus, per_image)
         n_truncated, clip_used = 0, None
-        if "clipscore" in self.metrics and images is not None:
+        if any(m in image_families() for m in self.metrics) and images is not None:
             n_truncated = self._score_clip(ids, preds, refs, images, progress, corpus, per_image)
             clip_used = self.clip_model
-        order = {k: n for n, k in enumerate(METRIC_KEYS)}
+        order = {k: n for n, k in enumerate(metric_keys())}
         corpus = dict(sorted(corpus.items(), key=lambda kv: order[kv[0]]))
         per_image = {i: dict(sorted(s.items(), key=lambda kv: order[kv[0]])) for i, s in per_image.items()}
         return ScoreResult(

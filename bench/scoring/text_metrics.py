@@ -28,6 +28,8 @@ JAVA_MISSING = (
 _JAVA_LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\u2028\u2029\x85\x0b\x0c"})  # \v, \f too
 
 Gts = Mapping[str, Sequence[str]]
+# Numbers on the METEOR 1.5 jar's answer to a SCORE line: one image's sufficient statistics.
+METEOR_STATS_LENGTH = 23
 
 
 def require_java() -> None:
@@ -209,7 +211,3 @@ class MeteorMetric:
             proc.wait()
         # pycocoevalcap's __del__ would kill it again; on a reaped process that is a no-op.
 
-
-def make_text_metric(name: str) -> TextMetric:
-    factories = {"bleu": BleuMetric, "meteor": MeteorMetric, "rouge": RougeMetric, "cider": CiderMetric}
-    return factories[name]()

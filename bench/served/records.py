@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.io import append_records, read_records
+from bench.run.folder import SERVED, RunFolder
 from bench.served.client import ChatResult
 from bench.served.messages import SentImage
 
-FILE_NAME = "served.jsonl"
-
 
 def served_path(run_dir: Path) -> Path:
-    return Path(run_dir) / FILE_NAME
+    return RunFolder(Path(run_dir)).member(SERVED)
 
 
 def record_of(result: ChatResult, sent: SentImage | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from bench.data.types import Sample
 from bench.io import append_records, read_records
 from bench.predictions_file import existing_predictions, write_in_order
 from bench.prompts import PromptTemplate
+from bench.run.folder import RunFolder
 from bench.served import records
 from bench.served.client import ChatRequest, ChatResult, ClientConfig, run_chats
 from bench.served.messages import SentImage, chat_messages, image_payload
@@ -76,7 +77,7 @@ def caption_via_endpoint(
     endpoint: Endpoint, samples: Sequence[Sample], run_dir: Path, progress: bool = True, console: Any = None,
 ) -> StreamOutcome:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    predictions_path = Path(run_dir) / "predictions.jsonl"
+    predictions_path = RunFolder(Path(run_dir)).predictions
     served_path = records.served_path(run_dir)
     samples = list(samples)
     captions = existing_predictions(predictions_path, samples)  # a torn last line is dropped

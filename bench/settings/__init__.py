@@ -37,7 +37,6 @@ from bench.settings.chain import find_setting_file, merge_chain, read_chain
 from bench.settings.checks import blame, check_prompt, prompt_names, range_checks, semantic_checks, vlm_lora_requested
 from bench.settings.schema import (
     BASE_NAME,
-    KNOWN_METRICS,
     LORA_ONLY_SECTIONS,
     SCALARS,
     SECTIONS,
@@ -50,7 +49,6 @@ from bench.settings.schema import (
 
 __all__ = [
     "BASE_NAME",
-    "KNOWN_METRICS",
     "LORA_ONLY_SECTIONS",
     "PREFERRED_ORDER",
     "SCALARS",

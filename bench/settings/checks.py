@@ -13,10 +13,10 @@ from typing import Any
 
 from bench import paths
 from bench.config import Setting
+from bench.scoring.metrics import families
 from bench.settings.catalog import backend_catalog, lora_backends, zero_shot_backends
 from bench.settings.schema import (
     BASE_NAME,
-    KNOWN_METRICS,
     LORA_ONLY_SECTIONS,
     Provenance,
     file_error,
@@ -82,8 +82,8 @@ def range_checks(s: Setting) -> list[Check]:
         Check("scoring.clip_batch_size", sc.clip_batch_size >= 1, f"must be >= 1 (got {sc.clip_batch_size})"),
         Check(
             "scoring.metrics",
-            bool(sc.metrics) and all(m in KNOWN_METRICS for m in sc.metrics),
-            f"must be a non-empty list of {', '.join(KNOWN_METRICS)} (got {list(sc.metrics)})",
+            bool(sc.metrics) and all(m in families() for m in sc.metrics),
+            f"must be a non-empty list of {', '.join(families())} (got {list(sc.metrics)})",
         ),
         Check("scoring.clip_model", bool(sc.clip_model.strip()), "must not be empty"),
         Check("seed", s.seed >= 0, f"must be >= 0 (got {s.seed})"),

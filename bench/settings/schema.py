@@ -43,7 +43,6 @@ SCALARS: tuple[str, ...] = ("description", "group", "seed", "prompt", "prompts")
 TOP_KEYS: tuple[str, ...] = ("extends", "backends", "models", *SCALARS, *SECTIONS)
 # Tables that only mean something when a LoRA backend is trained.
 LORA_ONLY_SECTIONS: tuple[str, ...] = ("lora", "train")
-KNOWN_METRICS: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider", "clipscore")
 
 Provenance = dict[str, str]  # dotted key -> label of the file that set it
 

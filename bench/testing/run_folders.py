@@ -1,9 +1,9 @@
-"""Write well-formed run folders without a model (tests, benchmarks, demos of the report).
+"""Write well-formed run folders without a model (tests and benchmarks only; production code
+never imports bench.testing).
 
-`write_run(...)` lays out runs/<setting>/<backend>/ exactly as `bench run` / `bench score
---as-run` do (split.json, predictions.jsonl via bench.io, metrics.json, optional train/loss.csv,
-results.json last), from captions you already have, e.g. a published system's outputs or a
-held-out human reference.
+`write_run(...)` lays out runs/<setting>/<backend>/ through the run-folder owner
+(bench.run.folder), as `bench run` / `bench score --as-run` do (results.json last), from captions
+you already have, e.g. a published system's outputs or a held-out human reference.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.io import append_records, atomic_write_json, atomic_write_text
+from bench.io import append_records, atomic_write_text
+from bench.run.folder import MetricsRecord, ResultsRecord, RunFolder, SplitRecord, SplitSample
 
 
 def write_run(
@@ -39,40 +40,33 @@ def write_run(
     loss_rows: Sequence[Mapping[str, float]] | None = None,
 ) -> Path:
     """Create a finished run folder and return it."""
-    folder = runs_root / setting / backend
-    folder.mkdir(parents=True, exist_ok=True)
-    run = f"{setting}/{backend}"
+    folder = RunFolder(runs_root / setting / backend)
+    folder.path.mkdir(parents=True, exist_ok=True)
     cfg = dict(config or {})
-    atomic_write_json(folder / "config.json", cfg)
-    atomic_write_json(folder / "split.json", {
-        "dataset": dataset, "fingerprint": fingerprint, "n": len(samples),
-        "samples": [{"image_id": s["image_id"], "path": str(s.get("path") or ""), "refs": list(s["refs"])} for s in samples],
-    })
-    pred = folder / "predictions.jsonl"
-    pred.unlink(missing_ok=True)
-    append_records(pred, [{"image_id": s["image_id"], "caption": captions[s["image_id"]]} for s in samples])
-    atomic_write_json(folder / "metrics.json", {
-        "corpus": dict(corpus), "per_image": {k: dict(v) for k, v in (per_image or {}).items()},
-        "n_images": len(samples), "n_clip_truncated": 0, "clip_model": None,
-    })
+    folder.write_config(cfg)
+    folder.write_split(SplitRecord(dataset, fingerprint, tuple(
+        SplitSample(s["image_id"], str(s.get("path") or ""), tuple(s["refs"])) for s in samples)))
+    folder.predictions.unlink(missing_ok=True)
+    append_records(folder.predictions, [{"image_id": s["image_id"], "caption": captions[s["image_id"]]} for s in samples])
+    folder.write_metrics(MetricsRecord(dict(corpus), {k: dict(v) for k, v in (per_image or {}).items()}, len(samples)))
     if loss_rows is not None:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["step", "epoch", "loss", "lr"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(loss_rows)
-        atomic_write_text(folder / "train" / "loss.csv", buf.getvalue())
-    atomic_write_json(folder / "results.json", {
-        "run": run, "setting": setting, "backend": backend, "kind": kind,
-        "prompt": prompt, "prompt_text": prompt_text, "model": model,
-        "dataset": dataset, "fingerprint": fingerprint, "n_images": len(samples),
-        "metrics": dict(corpus),
-        "params": dict(params) if params is not None else None,
-        "timings": dict(timings or {"train_s": 0.0, "generate_s": 0.0, "score_s": 0.0, "images_per_s": 0.0}),
-        "memory": dict(memory or {"peak_rss_mb": 0.0, "peak_cuda_mb": None}),
-        "versions": {}, "git_commit": None, "created_at": "2000-01-01T00:00:00Z",
-        "config": cfg,
-    })
-    return folder
+        atomic_write_text(folder.member("train") / "loss.csv", buf.getvalue())
+    folder.write_results(ResultsRecord(
+        run=f"{setting}/{backend}", setting=setting, backend=backend, kind=kind,
+        prompt=prompt, prompt_text=prompt_text, model=model,
+        dataset=dataset, fingerprint=fingerprint, n_images=len(samples),
+        metrics=dict(corpus),
+        params=dict(params) if params is not None else None,
+        timings=dict(timings or {"train_s": 0.0, "generate_s": 0.0, "score_s": 0.0, "images_per_s": 0.0}),
+        memory=dict(memory or {"peak_rss_mb": 0.0, "peak_cuda_mb": None}),
+        versions={}, git_commit=None, created_at="2000-01-01T00:00:00Z",
+        config=cfg,
+    ))
+    return folder.path
 
 
 # --- run folders from real data ------------------------------------------------------------------
