@@ -23,19 +23,24 @@ Quantization = Literal["none", "4bit", "8bit"]
 LORA_MAX_NEW_TOKENS = 30
 ZERO_SHOT_MAX_NEW_TOKENS = 64
 
+# The CLIP that CLIPScore/RefCLIPScore use unless a setting or `bench score --clip-model` names
+# another: the ViT-B/32 of Hessel et al., so scores compare with the paper's.
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
     strategy: Literal["greedy", "beam"] = "greedy"
     num_beams: int = 1
-    # None: the backend's default (30 for the LoRA captioners, 64 for zero-shot VLMs), fixed in config.json
+    # None: the backend's default (its row in bench.backends.table), fixed in config.json
     max_new_tokens: int | None = None
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     batch_size: int = 16
 
     def for_kind(self, zero_shot: bool) -> "GenerationConfig":
-        """max_new_tokens filled in: the setting's own, else 64 zero-shot and 30 for LoRA runs."""
+        """max_new_tokens filled in: the setting's own, else the constant of the kind above (for
+        code that decodes outside a planned run; a plan fixes the backend row's value first)."""
         if self.max_new_tokens is not None:
             return self
         default = ZERO_SHOT_MAX_NEW_TOKENS if zero_shot else LORA_MAX_NEW_TOKENS
@@ -106,7 +111,7 @@ class CostConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    clip_model: str = "openai/clip-vit-base-patch32"
+    clip_model: str = DEFAULT_CLIP_MODEL
     # The metric table's default rows (bench.scoring.metrics) unless a setting names its own.
     metrics: tuple[str, ...] = field(default_factory=default_families)
     clip_batch_size: int = 64

@@ -160,7 +160,7 @@ def run_fingerprint(captioner: Captioner, pairs: Sequence[tuple[Sample, str]], c
     digest = hashlib.sha256()
     for sample, caption in pairs:
         digest.update(f"{sample.image_id}\t{caption}\n".encode())
-    lora = getattr(captioner, "lora_config", None)
+    lora = captioner.lora_config
     train = asdict(cfg)
     train.pop("train_size")  # already applied by the caller; the pairs digest covers it
     return _json_roundtrip({

@@ -311,6 +311,7 @@ def train(
 
     With `dist` enabled, every rank calls this with the same arguments (DDP, rank 0 writes).
     """
+    # Long: the loop reads top to bottom (resume, optimizer, epochs, save); its steps are helpers.
     out_dir, num_workers = Path(out_dir), default_num_workers() if num_workers is None else num_workers
     adapter_root = out_dir / "adapter"
     trainable, total = _checked_trainable(captioner, cfg, pairs)

@@ -62,24 +62,24 @@ def flickr_samples(n: int) -> list[Any]:
 
 
 def tiny_model(backend: str) -> Path:
-    from bench.backends import get_backend
     from bench.paths import cache_dir
+    from bench.testing.tiny import build_tiny
 
     out = cache_dir() / "benchmarks" / f"tiny-{backend}"
     if not (out / ".built").exists():
         shutil.rmtree(out, ignore_errors=True)
-        get_backend(backend).build_tiny(out, 0)
+        build_tiny(backend, out, 0)
         (out / ".built").write_text("ok\n")
     return out
 
 
 def load_captioner(backend: str, model_dir: Path, device: Any, quantization: str = "none") -> Any:
-    from bench.backends import get_backend
+    from bench.backends import backend_class
     from bench.config import ModelConfig
     from bench.prompts import load_prompt
 
     prompt = load_prompt("brief", REPO / "prompts") if backend == "llava" else None
-    return get_backend(backend).load(ModelConfig(model=str(model_dir), quantization=quantization), device, prompt=prompt)  # type: ignore[arg-type]
+    return backend_class(backend).load(ModelConfig(model=str(model_dir), quantization=quantization), device, prompt=prompt)  # type: ignore[arg-type]
 
 
 def naive_loop(captioner: Any, samples: Sequence[Any], gen: Any) -> tuple[float, dict[str, str]]:

@@ -199,13 +199,13 @@ def write_setting(work: Path, model_dir: Path) -> Path:
 
 def tiny_model(backend: str) -> Path:
     """The backend's tiny random model, built once under the cache folder."""
-    from bench.backends import get_backend
     from bench.paths import cache_dir
+    from bench.testing.tiny import build_tiny
 
     out = cache_dir() / "benchmarks" / f"tiny-{backend}"
     if not (out / ".built").exists():
         shutil.rmtree(out, ignore_errors=True)
-        get_backend(backend).build_tiny(out, 0)
+        build_tiny(backend, out, 0)
         (out / ".built").write_text("ok\n")
     return out
 

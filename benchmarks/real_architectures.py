@@ -1,7 +1,7 @@
 """Real architectures on CPU: images/s and peak memory of each default model's architecture at
 FULL width, so a user can relate their machine to ours.
 
-Every model is built by `bench.tiny.real` from its real hub files in ../shared/models (real
+Every model is built by `bench.testing.real_models` from its real hub files in ../shared/models (real
 config, tokenizer and processor; seeded random weights, nothing downloaded), saved, then loaded
 and run through bench's own code in a fresh subprocess, so its peak memory is its own:
 - vit-gpt2      nlpconnect/vit-gpt2-image-captioning, full (ViT-B/16 + GPT-2 124M);
@@ -44,12 +44,12 @@ HUB_IDS = {
 
 
 def _build(name: str, out: Path) -> Path:
-    from bench.tiny.real import build_real_clip_flan_t5, build_real_model, real_model_dir
+    from bench.testing.real_models import build_real_clip_flan_t5, build_real_model, real_model_dir
 
     if name == "clip-flan-t5":
-        return build_real_clip_flan_t5(out, shrink=None)
+        return build_real_clip_flan_t5(out, shrink=False)
     depth = {"text_config": LLAVA_TEXT_LAYERS} if name == "llava" else None
-    return build_real_model(real_model_dir(HUB_IDS[name]), out, shrink=None, depth=depth)
+    return build_real_model(real_model_dir(HUB_IDS[name]), out, shrink=False, depth=depth)
 
 
 def _parameters(folder: Path) -> int:
@@ -72,13 +72,13 @@ def _numel(shape: list[int]) -> int:
 def _caption(name: str, folder: Path, samples: list[Any], out: Path) -> dict[str, Any]:
     import torch
 
-    from bench.backends import get_backend
+    from bench.backends import backend_class
     from bench.captioning import caption_samples
     from bench.config import GenerationConfig, ModelConfig
     from bench.prompts import load_prompt
 
     prompt = load_prompt("brief") if name == "llava" else None
-    captioner = get_backend(name).load(ModelConfig(model=str(folder)), torch.device("cpu"), prompt=prompt)
+    captioner = backend_class(name).load(ModelConfig(model=str(folder)), torch.device("cpu"), prompt=prompt)
     gen = GenerationConfig(batch_size=BATCH).for_kind(zero_shot=name == "llava")
     stats = caption_samples(captioner, samples, gen, out / "predictions.jsonl", num_workers=0, progress=False)
     return {"images": stats.n_captioned, "seconds": round(stats.wall_s, 2), "new_tokens": gen.max_new_tokens,

@@ -165,7 +165,7 @@ def real_architectures_md(real: dict[str, Any] | None) -> list[str]:
         "## Real architectures on CPU",
         "",
         "Each default model's real architecture at full width (LLaVA-1.5-7B: full width, "
-        f"{real.get('llava', {}).get('depth', 'reduced depth')}), built by `bench.tiny.real` from its real hub "
+        f"{real.get('llava', {}).get('depth', 'reduced depth')}), built by `bench.testing.real_models` from its real hub "
         "files with random weights, loaded and run through bench in its own process "
         "(benchmarks/real_architectures.py): one batch of Flickr8k images, greedy; with random weights a "
         "caption runs to max_new_tokens unless a random end token stops it (column \"cut\").",

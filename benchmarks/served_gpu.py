@@ -5,7 +5,7 @@ Both sides decode exactly NEW_TOKENS greedy tokens per image (random weights nev
 their own: vLLM gets `ignore_eos`, HF `min_new_tokens`), on the same Flickr8k images:
 
 1. build the folder: the real llava-1.5-7b-hf files of ../shared/models with seeded random bf16
-   weights at full size (bench.tiny.real, built on the GPU), saved once;
+   weights at full size (bench.testing.real_models, built on the GPU), saved once;
 2. HF: bench's llava backend in bf16, `generate` at batch 32 (benchmarks.captioning.llava_throughput);
 3. vLLM: the command `bench serve-command` prints for that folder (plus --enforce-eager and a
    memory cap, to start in well under the budget), then bench's endpoint loop
@@ -56,7 +56,7 @@ def pending_reason() -> str | None:
 def build_folder(out: Path) -> Path:
     import torch
 
-    from bench.tiny.real import build_real_model, real_model_dir
+    from bench.testing.real_models import build_real_model, real_model_dir
 
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # 14 GB of bf16 weights, drawn on the GPU

@@ -59,9 +59,9 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tiny_backend(root: Path, backend: str) -> Path:
-    from bench.backends import get_backend
+    from bench.testing.tiny import build_tiny
 
-    return build_once(root / backend, lambda out: get_backend(backend).build_tiny(out, TINY_SEED))
+    return build_once(root / backend, lambda out: build_tiny(backend, out, TINY_SEED))
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +80,8 @@ def tiny_llava(tiny_root: Path) -> Path:
 
 
 def tiny_vlm_dir(root: Path, family: str) -> Path:
-    """The tiny model of one vision-language family (bench.tiny.vlm), built once per session."""
-    from bench.tiny.vlm import build_tiny_vlm
+    """The tiny model of one vision-language family (bench.testing.vlm), built once per session."""
+    from bench.testing.vlm import build_tiny_vlm
 
     return build_once(root / f"vlm-{family}", lambda out: build_tiny_vlm(family, out, TINY_SEED))
 
@@ -92,14 +92,14 @@ REAL_VLM = {"llava": "llava-hf__llava-1.5-7b-hf", "blip": "Salesforce__blip-imag
 @pytest.fixture(scope="session")
 def real_vlm(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[str, Path]:
     """family -> the real-config folder (../shared/models: real tokenizer, processor, chat template,
-    generation config) with random weights of shrunk widths (bench.tiny.real_vlm), built once."""
-    from bench.tiny.real_vlm import build_real_config_vlm
+    generation config) with random weights of shrunk widths (bench.testing.real_models), built once."""
+    from bench.testing.real_models import build_real_model
 
     models = shared_data.parent / "models"
     if not all((models / name / "config.json").is_file() for name in REAL_VLM.values()):
         pytest.skip(f"real model files not found in {models}")
     root = shared_tmp(tmp_path_factory) / "real-vlm"
-    return {f: build_once(root / n, lambda out, n=n: build_real_config_vlm(models / n, out, TINY_SEED)) for f, n in REAL_VLM.items()}
+    return {f: build_once(root / n, lambda out, n=n: build_real_model(models / n, out, TINY_SEED)) for f, n in REAL_VLM.items()}
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +116,7 @@ def tiny_models(tiny_vit_gpt2: Path, tiny_clip_flan_t5: Path, tiny_llava: Path) 
     return {"vit-gpt2": tiny_vit_gpt2, "clip-flan-t5": tiny_clip_flan_t5, "llava": tiny_llava}
 
 
-# --- real-config models: the hub's real files, seeded random weights (bench.tiny.real) ----------
+# --- real-config models: the hub's real files, seeded random weights (bench.testing.real_models) ----------
 
 def _real_model(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
     if not (paths.shared_models_dir() / "google__flan-t5-base" / "config.json").is_file():
@@ -125,7 +125,7 @@ def _real_model(tmp_path_factory: pytest.TempPathFactory, name: str, build: Call
 
 
 def _real_hub_model(tmp_path_factory: pytest.TempPathFactory, hub_id: str) -> Path:
-    from bench.tiny.real import build_real_model, real_model_dir
+    from bench.testing.real_models import build_real_model, real_model_dir
 
     return _real_model(tmp_path_factory, hub_id.replace("/", "__"),
                        lambda out: build_real_model(real_model_dir(hub_id), out, TINY_SEED))
@@ -152,7 +152,7 @@ def real_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def real_clip_flan_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """google/flan-t5-base (t5/) + a full openai/clip-vit-base-patch16 checkpoint (vision/)."""
-    from bench.tiny.real import build_real_clip_flan_t5
+    from bench.testing.real_models import build_real_clip_flan_t5
 
     return _real_model(tmp_path_factory, "clip-flan-t5", lambda out: build_real_clip_flan_t5(out, TINY_SEED))
 

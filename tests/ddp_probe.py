@@ -18,7 +18,7 @@ from typing import Any
 def probe(model_dir: str, out_dir: Path, train_images: int, batch: int, epochs: int) -> dict[str, Any]:
     import torch
 
-    from bench.backends import get_backend
+    from bench.backends import backend_class
     from bench.config import LoraConfig, ModelConfig, TrainConfig
     from bench.data import load_dataset, make_split
     from bench.distributed import detect
@@ -28,7 +28,7 @@ def probe(model_dir: str, out_dir: Path, train_images: int, batch: int, epochs: 
     dist = detect()
     dist.init(device)
     torch.manual_seed(0)
-    captioner = get_backend("vit-gpt2").load(ModelConfig(model=model_dir), device)
+    captioner = backend_class("vit-gpt2").load(ModelConfig(model=model_dir), device)
     captioner.add_lora(LoraConfig(r=4, alpha=8, dropout=0.0, targets="attn"))
     seen: list[dict[str, Any]] = []
     loss = captioner.loss

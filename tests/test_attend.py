@@ -199,7 +199,7 @@ def captioner_heads(captioner, backend: str) -> int:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_maps_equal_the_attention_generation_computed(backend: str, runs: dict) -> None:
     """The teacher-forced pass gives the weights generate() itself computed, step by step."""
-    from bench.backends._lora import generation_kwargs
+    from bench.models.decoding import generation_kwargs
     from bench.config import GenerationConfig
 
     folder = runs[backend]

@@ -142,7 +142,7 @@ CASES = [
 
 def fabricate_run(setting_path: Path, backend: str, image: Path) -> Path:
     """A finished run of the setting's model over one image, written in the run-folder format."""
-    from bench.backends import get_backend
+    from bench.backends import backend_class
     from bench.captioning import caption_samples
     from bench.data.types import Sample
     from bench.run import RunFolder, plan_run
@@ -156,7 +156,7 @@ def fabricate_run(setting_path: Path, backend: str, image: Path) -> Path:
     folder = RunFolder(run_dir)
     folder.write_config(plan.config)
     folder.write_split(SplitRecord.of(plan.split, [sample]))
-    captioner = get_backend(backend).load(setting.models[backend], torch.device("cpu"), prompt=plan.prompt)
+    captioner = backend_class(backend).load(setting.models[backend], torch.device("cpu"), prompt=plan.prompt)
     if plan.kind == "lora":
         torch.manual_seed(setting.seed)
         captioner.add_lora(setting.lora)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.backends import get_backend
+from bench.backends import backend_class
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.data.types import Sample
 from bench.errors import BenchError
@@ -37,7 +37,7 @@ def samples(shared_data: Path) -> list[Sample]:
 
 def load(model_dir: Path, **options: object):
     torch.set_num_threads(1)
-    return get_backend(BACKEND).load(ModelConfig(model=str(model_dir), options=dict(options)), CPU)
+    return backend_class(BACKEND).load(ModelConfig(model=str(model_dir), options=dict(options)), CPU)
 
 
 def trainable_names(captioner) -> list[str]:
@@ -59,7 +59,7 @@ def test_bad_options_are_errors(tiny_clip_flan_t5: Path) -> None:
     with pytest.raises(BenchError, match="no such model folder"):
         load(tiny_clip_flan_t5 / "t5", vision_model=str(tiny_clip_flan_t5 / "no-such-vision"))
     with pytest.raises(BenchError, match="quantization '8bit'"):
-        get_backend(BACKEND).load(ModelConfig(model=str(tiny_clip_flan_t5), quantization="8bit"), CPU)
+        backend_class(BACKEND).load(ModelConfig(model=str(tiny_clip_flan_t5), quantization="8bit"), CPU)
 
 
 @pytest.mark.parametrize("preset, expected", [("attn", ATTN), ("attn_ffn", ATTN | FFN)])
@@ -176,7 +176,7 @@ def test_unreachable_hub_ids_are_one_line_errors(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(BenchError) as err:
-        get_backend(BACKEND).load(ModelConfig(model="google/flan-t5-base"), CPU)
+        backend_class(BACKEND).load(ModelConfig(model="google/flan-t5-base"), CPU)
     assert "'google/flan-t5-base'" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(BenchError, match="vision_model 'openai/clip-vit-base-patch16'"):
         load(tiny_clip_flan_t5 / "t5")  # T5 is local; the default CLIP is not reachable

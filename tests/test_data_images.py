@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.data import load_image, safe_image_path
+from bench.data import load_image
+from bench.data.images import safe_image_path
 from bench.errors import BenchError
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.data import RefEntry, match_predictions, normalize_id, read_references
+from bench.data import RefEntry, match_predictions, read_references
+from bench.data.ids import normalize_id
 from bench.errors import BenchError
 
 REFS = ["a dog runs", "a brown dog running", "dog on grass", "a puppy outside", "the dog is fast"]

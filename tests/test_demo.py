@@ -20,7 +20,8 @@ from conftest import REPO, build_once, shared_tmp
 from markdown_it import MarkdownIt
 from PIL import Image
 
-from bench import demo as d
+from bench.demo import models, profile, runner
+from bench.demo.verdict import verdict_from_report
 from bench.report import figures
 PROMPTS = {"brief", "llava_concise"}
 LORA_SETTINGS = {"demo_lora_r2", "demo_lora_r32"}
@@ -150,7 +151,7 @@ def test_verdict_holds_on_the_report_numbers(demo_run: DemoRun) -> None:
     lora = [r["metrics"]["CIDEr"] for r in runs if r["kind"] == "lora"]
     assert len(zero) == 2 and len(lora) == 4
     assert min(m["lo"] for m in lora) > max(m["hi"] for m in zero)
-    verdict = d.verdict_from_report(demo_run.payload)
+    verdict = verdict_from_report(demo_run.payload)
     assert verdict.lora_beats_zero_shot and verdict.lora_settings_differ
 
 
@@ -162,16 +163,16 @@ def test_runs_are_ordinary_registry_runs_of_the_fast_models(demo_run: DemoRun, m
     assert len(infos) == 6 and all(i.status == "complete" and i.dataset == "synth" for i in infos)
     for info in infos:
         results = json.loads((info.path / "results.json").read_text())
-        assert results["model"].startswith(str(demo_run.cache / d.FAST.models_dir))
+        assert results["model"].startswith(str(demo_run.cache / profile.FAST.models_dir))
         assert results["n_images"] == 100
         if info.kind == "lora":
             assert (info.path / "train" / "loss.csv").is_file()
-            assert results["config"]["train"]["train_size"] == d.FAST.train_size
+            assert results["config"]["train"]["train_size"] == profile.FAST.train_size
     # every model folder holds a manifest that a second demo would accept as a cache hit
     monkeypatch.setenv("BENCH_CACHE", str(demo_run.cache))
-    for name in (*d.CAPTIONERS, d.CLIP_NAME):
-        manifest = json.loads((d.models_root(d.FAST) / name / d.MANIFEST).read_text())
-        assert d.cached_model(d.models_root(d.FAST) / name, manifest["key"])
+    for name in (*profile.CAPTIONERS, profile.CLIP_NAME):
+        manifest = json.loads((profile.models_root(profile.FAST) / name / profile.MANIFEST).read_text())
+        assert models.cached_model(profile.models_root(profile.FAST) / name, manifest["key"])
         assert manifest["final_loss"] < manifest["first_loss"]
 
 
@@ -181,21 +182,21 @@ def test_a_rebuilt_model_makes_its_runs_stale(demo_run: DemoRun, monkeypatch: py
 
     monkeypatch.setenv("BENCH_CACHE", str(demo_run.cache))
     monkeypatch.setenv("BENCH_RUNS", str(demo_run.runs))
-    settings = {s.name: s for s in d.demo_settings(d.FAST)}
+    settings = {s.name: s for s in runner.demo_settings(profile.FAST)}
     plan = plan_run(settings["demo_lora_r2"], "vit-gpt2")
-    model = d.models_root(d.FAST) / "vit-gpt2"
-    assert d._stale(plan, [model]) is None  # fresh: a cache hit
-    manifest = model / d.MANIFEST
+    model = profile.models_root(profile.FAST) / "vit-gpt2"
+    assert runner._stale(plan, [model]) is None  # fresh: a cache hit
+    manifest = model / profile.MANIFEST
     before = manifest.stat()
     later = (plan.run_dir / "results.json").stat().st_mtime + 10
     os.utime(manifest, (later, later))
     try:
-        assert "rebuilt" in (d._stale(plan, [model]) or "")
+        assert "rebuilt" in (runner._stale(plan, [model]) or "")
     finally:
         os.utime(manifest, ns=(before.st_atime_ns, before.st_mtime_ns))
     # the full profile's setting (other model folders, more training images) is another config
-    full_plan = plan_run(d.demo_settings(d.FULL)[0], "vit-gpt2")
-    assert "another demo configuration" in (d._stale(full_plan, []) or "")
+    full_plan = plan_run(runner.demo_settings(profile.FULL)[0], "vit-gpt2")
+    assert "another demo configuration" in (runner._stale(full_plan, []) or "")
 
 
 # --- pure pieces -------------------------------------------------------------------------------
@@ -212,20 +213,20 @@ def _payload(zero: list[tuple[float, float, float]], lora: dict[tuple[str, str],
 
 def test_verdict_needs_every_lora_interval_above_every_zero_shot_one() -> None:
     lora = {("a", "x"): (0.9, 0.8, 1.0), ("b", "x"): (1.0, 0.9, 1.1)}
-    good = d.verdict_from_report(_payload([(0.4, 0.3, 0.5), (0.5, 0.45, 0.55)], lora))
+    good = verdict_from_report(_payload([(0.4, 0.3, 0.5), (0.5, 0.45, 0.55)], lora))
     assert good.lora_beats_zero_shot and good.lora_settings_differ
     assert good.lines[0].startswith("LoRA beats zero-shot on CIDEr with non-overlapping 95% CIs: yes")
-    overlap = d.verdict_from_report(_payload([(0.6, 0.5, 0.81)], lora))  # 0.81 > the lowest LoRA bound 0.8
+    overlap = verdict_from_report(_payload([(0.6, 0.5, 0.81)], lora))  # 0.81 > the lowest LoRA bound 0.8
     assert not overlap.lora_beats_zero_shot and ": no" in overlap.lines[0]
-    same = d.verdict_from_report(_payload([(0.4, 0.3, 0.5)], {("a", "x"): (0.9, 0.8, 1.0), ("b", "x"): (0.9, 0.8, 1.0)}))
+    same = verdict_from_report(_payload([(0.4, 0.3, 0.5)], {("a", "x"): (0.9, 0.8, 1.0), ("b", "x"): (0.9, 0.8, 1.0)}))
     assert same.lora_beats_zero_shot and not same.lora_settings_differ
-    alone = d.verdict_from_report(_payload([(0.4, 0.3, 0.5)], {("a", "x"): (0.9, 0.8, 1.0)}))
+    alone = verdict_from_report(_payload([(0.4, 0.3, 0.5)], {("a", "x"): (0.9, 0.8, 1.0)}))
     assert not alone.lora_settings_differ  # one setting cannot differ from another
 
 
 def test_demo_group_is_zero_shot_prompts_and_lora_settings_on_synth(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
-    full = {s.name: s for s in d.demo_settings(d.FULL)}
+    full = {s.name: s for s in runner.demo_settings(profile.FULL)}
     assert {s.prompt for s in full.values() if s.prompt} == PROMPTS
     assert {n for n, s in full.items() if not s.prompt} == LORA_SETTINGS
     for s in full.values():
@@ -234,12 +235,12 @@ def test_demo_group_is_zero_shot_prompts_and_lora_settings_on_synth(monkeypatch:
             assert s.models[b].model.startswith(str(tmp_path / "demo-models" / b))
     assert full["demo_lora_r2"].lora.targets == full["demo_lora_r32"].lora.targets  # only the rank differs
     assert full["demo_lora_r2"].models["clip-flan-t5"].options["vision_model"] == str(tmp_path / "demo-models" / "clip-flan-t5" / "vision")
-    fast = {s.name: s for s in d.demo_settings(d.FAST)}
+    fast = {s.name: s for s in runner.demo_settings(profile.FAST)}
     lora = fast["demo_lora_r32"]
     assert lora.models["vit-gpt2"].model == str(tmp_path / "demo-models-fast" / "vit-gpt2")
     assert lora.models["clip-flan-t5"].options["vision_model"] == str(tmp_path / "demo-models-fast" / "clip-flan-t5" / "vision")
     assert lora.scoring.clip_model == str(tmp_path / "demo-models-fast" / "clip")
-    assert lora.train.train_size == d.FAST.train_size and "meteor" not in lora.scoring.metrics
+    assert lora.train.train_size == profile.FAST.train_size and "meteor" not in lora.scoring.metrics
     assert lora.lora == full["demo_lora_r32"].lora  # the fast demo changes sizes, never the settings' LoRA
 
 
@@ -250,7 +251,7 @@ def test_demo_tokenizers_keep_synthetic_words_whole(tmp_path: Path) -> None:
     from bench.tiny.clip_flan_t5 import build_t5_tokenizer
     from bench.tiny.vit_gpt2 import build_gpt2_tokenizer
 
-    corpus = d.tokenizer_corpus()
+    corpus = profile.tokenizer_corpus()
     caption = scene_captions(make_scene("target", 7, 3), "target", 7, 3)[0]  # a scene outside the corpus
     words = len(caption.split())
     build_t5_tokenizer(tmp_path / "t5", corpus, 300, whole_words=True)

@@ -22,7 +22,8 @@ from bench.data.types import Sample
 from bench.distributed import SINGLE, Dist
 from bench.errors import BenchError
 from bench.run import ScorerPool
-from bench.run.environment import cpu_thread_budget, cpu_threads, resolve_device
+from bench.device import resolve_device
+from bench.run.environment import cpu_thread_budget, cpu_threads
 from bench.run.execute import RunContext, _generation_autocast, score
 from bench.run.folder import StageState
 from conftest import REPO
@@ -45,6 +46,25 @@ def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch: pytest.MonkeyPatch, cu
     _fake_accelerators(monkeypatch, cuda, mps)
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_one_device_policy_serves_every_command() -> None:
+    """`auto` means the same for `bench run`, `bench attend` and CLIPScore: one function decides."""
+    import ast
+    from pathlib import Path
+
+    import bench.attend.command as attend
+    import bench.device
+    import bench.scoring.clipscore as clipscore
+
+    package = Path(bench.device.__file__).parent
+    defined = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if any(isinstance(n, ast.FunctionDef) and n.name == "resolve_device" for n in ast.walk(ast.parse(p.read_text()))))
+    assert defined == ["device.py"]
+    import bench.run.execute as execute
+
+    assert clipscore.resolve_device is execute.resolve_device is bench.device.resolve_device
+    assert "from bench.device import resolve_device" in Path(attend.__file__).read_text()
 
 
 def test_an_unavailable_device_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,10 +175,10 @@ def test_4bit_llava_computes_in_the_native_half_precision(monkeypatch: pytest.Mo
 
 @pytest.fixture(scope="module")
 def vit_gpt2(tiny_vit_gpt2: Path):
-    from bench.backends import get_backend
+    from bench.backends import backend_class
 
     torch.set_num_threads(1)
-    return get_backend("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), CPU)
+    return backend_class("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), CPU)
 
 
 @pytest.fixture(scope="module")

@@ -105,10 +105,10 @@ def val10(shared_data: Path):
 def captioner(tiny_vit_gpt2: Path):
     import torch
 
-    from bench.backends import get_backend
+    from bench.backends import backend_class
 
     torch.set_num_threads(1)
-    return get_backend("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), torch.device("cpu"))
+    return backend_class("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), torch.device("cpu"))
 
 
 def test_shards_of_an_interrupted_multi_process_run_are_merged_and_resumed(tmp_path: Path, captioner, val10) -> None:

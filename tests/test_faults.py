@@ -74,8 +74,8 @@ import matplotlib.pyplot
 import pandas, peft
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer, CLIPModel, VisionEncoderDecoderModel, ViTImageProcessorPil
 import bench.captioning, bench.cli, bench.io, bench.run, bench.scoring.scorer, bench.training
-from bench.backends import get_backend
-get_backend("vit-gpt2")
+from bench.backends import backend_class
+backend_class("vit-gpt2")
 
 
 def install(spec, log):
@@ -106,7 +106,7 @@ def install(spec, log):
         timer.start()
 
     hook = spec.get("hook")
-    cls = get_backend("vit-gpt2")
+    cls = backend_class("vit-gpt2")
     for method in ("loss", "generate"):
         original = getattr(cls, method)
         def wrapped(self, batch, *args, _original=original, _name=method, **kwargs):

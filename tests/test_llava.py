@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.backends import get_backend
+from bench.backends import backend_class
+from bench.tiny.llava import build_tiny_llava
 from bench.backends.llava import (
     LlavaCaptioner,
     encode,
@@ -51,7 +52,7 @@ def flickr_images(n: int) -> list[Path]:
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
-    return get_backend("llava").build_tiny(tmp_path_factory.mktemp("tiny-llava"), seed=0)
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def brief():
 
 @pytest.fixture(scope="module")
 def captioner(tiny_dir, brief) -> LlavaCaptioner:
-    c = get_backend("llava").load(ModelConfig(model=str(tiny_dir)), CPU, prompt=brief)
+    c = backend_class("llava").load(ModelConfig(model=str(tiny_dir)), CPU, prompt=brief)
     assert isinstance(c, LlavaCaptioner)
     return c
 
@@ -74,10 +75,11 @@ def samples() -> list[Sample]:
 # --- loading and the prompt ----------------------------------------------------------------------
 
 def test_registered_with_defaults():
-    cls = get_backend("llava")
-    assert cls is LlavaCaptioner
-    assert cls.default_model == "llava-hf/llava-1.5-7b-hf"
-    assert cls.supports_lora is False
+    from bench.backends import backend_spec
+
+    assert backend_class("llava") is LlavaCaptioner
+    assert backend_spec("llava").default_model == "llava-hf/llava-1.5-7b-hf"
+    assert backend_spec("llava").supports_lora is False
 
 
 def test_loads_through_hub_path_with_sdpa_fp32(captioner, tiny_dir):
@@ -91,7 +93,7 @@ def test_loads_through_hub_path_with_sdpa_fp32(captioner, tiny_dir):
 
 def test_prompt_by_name(monkeypatch, tiny_dir):
     monkeypatch.setenv("BENCH_HOME", str(REPO))
-    c = get_backend("llava").load(ModelConfig(model=str(tiny_dir)), CPU, prompt="lmms_eval_caption")
+    c = backend_class("llava").load(ModelConfig(model=str(tiny_dir)), CPU, prompt="lmms_eval_caption")
     assert c.prompt == "lmms_eval_caption"
     assert c.prompt_text == "USER: <image>\nProvide a one-sentence caption for the provided image. ASSISTANT:"
 
@@ -116,7 +118,7 @@ def test_fallback_without_chat_template(captioner, brief):
 
 
 def test_options_and_quantization_errors_on_cpu(tiny_dir, brief):
-    backend = get_backend("llava")
+    backend = backend_class("llava")
     for cfg, expected in [
         (ModelConfig(model=str(tiny_dir), quantization="4bit"), "models.llava.quantization = '4bit' needs a CUDA GPU"),
         (ModelConfig(model=str(tiny_dir), quantization="8bit"), "models.llava.quantization = '8bit' needs a CUDA GPU"),
@@ -132,14 +134,14 @@ def test_options_and_quantization_errors_on_cpu(tiny_dir, brief):
 
 
 def test_eager_attention_option(tiny_dir, brief):
-    c = get_backend("llava").load(
+    c = backend_class("llava").load(
         ModelConfig(model=str(tiny_dir), options={"attn_implementation": "eager"}), CPU, prompt=brief
     )
     assert c.model.config._attn_implementation == "eager"
 
 
 def test_missing_local_dir_and_non_model_dir(tmp_path, brief):
-    backend = get_backend("llava")
+    backend = backend_class("llava")
     with pytest.raises(BenchError, match=r"^llava model '/\S+': no such model folder \(give a folder written by save_pretrained or a hub id\)$"):
         backend.load(ModelConfig(model=str(tmp_path / "nope")), CPU, prompt=brief)
     (tmp_path / "junk.txt").write_text("x")
@@ -164,7 +166,7 @@ def test_pickle_checkpoint_is_refused_without_running_it(tmp_path, tiny_dir, bri
             (bad / f.name).write_bytes(f.read_bytes())
     (bad / "pytorch_model.bin").write_bytes(pickle.dumps({"weight": Evil()}))
     with pytest.raises(BenchError) as info:
-        get_backend("llava").load(ModelConfig(model=str(bad)), CPU, prompt=brief)
+        backend_class("llava").load(ModelConfig(model=str(bad)), CPU, prompt=brief)
     assert str(info.value).startswith(f"llava model '{bad}': cannot load from this folder: pytorch_model.bin is a pickle that would run code")
     assert "\n" not in str(info.value)
     assert not marker.exists()
@@ -177,7 +179,7 @@ def test_offline_missing_hub_model_is_one_line(monkeypatch, brief):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(BenchError) as info:
-        get_backend("llava").load(ModelConfig(model="bench-tests/no-such-llava"), CPU, prompt=brief)
+        backend_class("llava").load(ModelConfig(model="bench-tests/no-such-llava"), CPU, prompt=brief)
     assert str(info.value).startswith(OFFLINE_ERROR.format(model="bench-tests/no-such-llava"))
     assert isinstance(info.value.__cause__, OSError)  # transformers' own error, translated
 
@@ -195,16 +197,16 @@ def test_unreachable_hub_uses_cache_or_fails_fast(tmp_path, tiny_dir):
     (snapshot.parents[1] / "refs" / "main").write_text(commit)
     code = (
         "import time, torch\n"
-        "from bench.backends import get_backend\n"
+        "from bench.backends import backend_class\n"
         "from bench.config import ModelConfig\n"
         "from bench.errors import BenchError\n"
         "from bench.prompts import load_prompt\n"
         "p = load_prompt(%r)\n"
-        "c = get_backend('llava').load(ModelConfig(model='bench-tests/tiny-llava'), torch.device('cpu'), p)\n"
+        "c = backend_class('llava').load(ModelConfig(model='bench-tests/tiny-llava'), torch.device('cpu'), p)\n"
         "print('LOADED', type(c.model).__name__)\n"
         "t = time.perf_counter()\n"
         "try:\n"
-        "    get_backend('llava').load(ModelConfig(model='bench-tests/not-cached'), torch.device('cpu'), p)\n"
+        "    backend_class('llava').load(ModelConfig(model='bench-tests/not-cached'), torch.device('cpu'), p)\n"
         "except BenchError as e:\n"
         "    print('BENCHERROR', e)\n"
     ) % str(REPO / "prompts" / "brief.toml")
@@ -255,9 +257,9 @@ def test_batched_equals_batch_size_one(captioner, samples, gen):
 def test_left_padded_generation_equals_unpadded(captioner, samples):
     """Two prompts of different lengths in one batch: padding really happens, on the left, and
     each row still generates what it generates alone (fails with right padding)."""
-    from bench.backends.llava import _load_image
+    from bench.data import load_image
 
-    images = [_load_image(s.path) for s in samples[:2]]
+    images = [load_image(s.path) for s in samples[:2]]
     texts = [
         "USER: <image>\nDescribe it. ASSISTANT:",
         "USER: <image>\nIn one sentence, describe the key objects in the image and their state. ASSISTANT:",
@@ -288,7 +290,7 @@ def test_generate_returns_only_the_new_tokens(captioner, samples, max_new_tokens
 
 
 def test_greedy_is_deterministic_across_fresh_loads(tiny_dir, captioner, samples, brief):
-    again = get_backend("llava").load(ModelConfig(model=str(tiny_dir)), CPU, prompt=brief)
+    again = backend_class("llava").load(ModelConfig(model=str(tiny_dir)), CPU, prompt=brief)
     collate = captioner.caption_collate()
     assert again.generate(collate(samples), GREEDY) == captioner.generate(collate(samples), GREEDY)
 
@@ -297,8 +299,8 @@ def test_build_tiny_is_seeded(tmp_path, tiny_dir):
     def digest(folder: Path) -> str:
         return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
 
-    same = get_backend("llava").build_tiny(tmp_path / "a", seed=0)
-    other = get_backend("llava").build_tiny(tmp_path / "b", seed=1)
+    same = build_tiny_llava(tmp_path / "a", seed=0)
+    other = build_tiny_llava(tmp_path / "b", seed=1)
     assert digest(same) == digest(tiny_dir)
     assert digest(other) != digest(tiny_dir)
     assert (same / "tokenizer.json").read_text() == (tiny_dir / "tokenizer.json").read_text()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.backends import get_backend
+from bench.backends import backend_class
+from bench.tiny.llava import build_tiny_llava
 from bench.config import GenerationConfig, ModelConfig
 from bench.data.types import Sample
 from bench.paths import shared_data_dir
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason(
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    return get_backend("llava").build_tiny(tmp_path_factory.mktemp("tiny-llava-q"), seed=0)
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava-q"), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def samples() -> list[Sample]:
 def test_quantized_load_and_caption(tiny_dir, samples, quantization, layer):
     import bitsandbytes as bnb
 
-    c = get_backend("llava").load(
+    c = backend_class("llava").load(
         ModelConfig(model=str(tiny_dir), quantization=quantization), torch.device("cuda"),
         prompt=load_prompt("brief", REPO / "prompts"),
     )
@@ -63,7 +64,7 @@ def test_quantized_load_and_caption(tiny_dir, samples, quantization, layer):
 
 
 def test_bf16_on_cuda(tiny_dir, samples):
-    c = get_backend("llava").load(
+    c = backend_class("llava").load(
         ModelConfig(model=str(tiny_dir)), torch.device("cuda"), prompt=load_prompt("brief", REPO / "prompts")
     )
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16

@@ -89,12 +89,12 @@ def test_the_accelerator_never_takes_the_launchers_mixed_precision(
     add a GradScaler bench does not step)."""
     from accelerate.state import AcceleratorState
 
-    from bench.backends import get_backend
+    from bench.backends import backend_class
     from bench.config import LoraConfig, ModelConfig, TrainConfig
     from bench.ddp import prepare_parallel
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher_precision)
-    captioner = get_backend("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), torch.device("cpu"))
+    captioner = backend_class("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), torch.device("cpu"))
     captioner.add_lora(LoraConfig(r=2, alpha=4, targets="attn"))
     optimizer = torch.optim.AdamW([p for p in captioner.torch_module().parameters() if p.requires_grad])
     try:

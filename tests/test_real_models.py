@@ -1,5 +1,5 @@
 """The default models from their REAL hub files (../shared/models: config, tokenizer, processor,
-generation config; seeded random weights, widths and depths shrunk by bench.tiny.real), loaded
+generation config; seeded random weights, widths and depths shrunk by bench.testing.real_models), loaded
 as local folders exactly as a hub id is loaded.
 
 What this proves: every step a hub checkpoint takes through bench (its token ids, image size and
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.backends import get_backend
+from bench.backends import backend_class, backend_spec
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.data.types import Sample
 from bench.io import read_records
@@ -51,13 +51,13 @@ def images(shared_data: Path) -> list[Sample]:
 @pytest.fixture(scope="module")
 def vit_gpt2(real_vit_gpt2: Path):
     torch.set_num_threads(1)
-    return get_backend("vit-gpt2").load(ModelConfig(model=str(real_vit_gpt2)), CPU)
+    return backend_class("vit-gpt2").load(ModelConfig(model=str(real_vit_gpt2)), CPU)
 
 
 @pytest.fixture(scope="module")
 def clip_flan_t5(real_clip_flan_t5: Path):
     torch.set_num_threads(1)
-    return get_backend("clip-flan-t5").load(ModelConfig(model=str(real_clip_flan_t5)), CPU)
+    return backend_class("clip-flan-t5").load(ModelConfig(model=str(real_clip_flan_t5)), CPU)
 
 
 # --- ViT-GPT2: token ids and decoding settings from the real files --------------------------------
@@ -83,7 +83,7 @@ def test_vit_gpt2_token_ids_a_config_leaves_undefined_fall_back(real_vit_gpt2: P
         config.pop(key)
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "generation_config.json").unlink()
-    captioner = get_backend("vit-gpt2").load(ModelConfig(model=str(folder)), CPU)
+    captioner = backend_class("vit-gpt2").load(ModelConfig(model=str(folder)), CPU)
     assert (captioner.model.config.decoder_start_token_id, captioner.model.config.pad_token_id) == (50256, 50256)
 
 
@@ -100,7 +100,7 @@ def test_hub_generation_defaults_never_override_the_settings_decoding(vit_gpt2, 
     defaults = {"num_beams": 4, "max_length": 16, "no_repeat_ngram_size": 3, "early_stopping": True, "do_sample": True}
     on_disk = json.loads((hub_like / "generation_config.json").read_text())
     (hub_like / "generation_config.json").write_text(json.dumps({**on_disk, **defaults}))
-    hub_vit_gpt2 = get_backend("vit-gpt2").load(ModelConfig(model=str(hub_like)), CPU)
+    hub_vit_gpt2 = backend_class("vit-gpt2").load(ModelConfig(model=str(hub_like)), CPU)
 
     gen = GenerationConfig(max_new_tokens=MAX_NEW)
     for captioner in (vit_gpt2, hub_vit_gpt2, clip_flan_t5):
@@ -115,7 +115,7 @@ def test_hub_generation_defaults_never_override_the_settings_decoding(vit_gpt2, 
 
 
 def _kwargs(gen: GenerationConfig) -> dict:
-    from bench.backends._lora import generation_kwargs
+    from bench.models.decoding import generation_kwargs
 
     return generation_kwargs(gen)
 
@@ -142,7 +142,7 @@ def test_the_full_clip_checkpoint_loads_as_a_vision_tower_without_a_report(real_
     with safe_open(str(real_clip_flan_t5 / "vision" / "model.safetensors"), "pt") as f:
         assert any(k.startswith("text_model.") for k in f.keys())  # a full CLIP, text half included
     caplog.set_level("DEBUG")
-    captioner = get_backend("clip-flan-t5").load(ModelConfig(model=str(real_clip_flan_t5)), CPU)
+    captioner = backend_class("clip-flan-t5").load(ModelConfig(model=str(real_clip_flan_t5)), CPU)
     out, err = capfd.readouterr()
     assert "UNEXPECTED" not in out + err and "unexpected" not in (out + err).lower()
     assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")], caplog.text
@@ -168,11 +168,11 @@ REAL_TARGETS = {
 def test_lora_presets_resolve_to_the_real_decoder_modules(backend: str, preset: str, real_vit_gpt2: Path,
                                                           real_clip_flan_t5: Path) -> None:
     folder = real_vit_gpt2 if backend == "vit-gpt2" else real_clip_flan_t5
-    captioner = get_backend(backend).load(ModelConfig(model=str(folder)), CPU)
+    captioner = backend_class(backend).load(ModelConfig(model=str(folder)), CPU)
     captioner.add_lora(LoraConfig(r=2, alpha=4, targets=preset))
     adapted = [n.removesuffix(".lora_A.default") for n, _ in captioner.torch_module().named_modules()
                if n.endswith(".lora_A.default")]
-    layers = 2  # bench.tiny.real.Shrink().layers
+    layers = 2  # the layers of bench.testing.real_models.SHRINK
     assert all(re.search(r"(^|\.)decoder\.", n) for n in adapted)  # never the encoder / vision tower
     suffixes = {re.sub(r"^.*?\.\d+\.(layer\.\d+\.)?", "", n) for n in adapted}
     assert suffixes == REAL_TARGETS[(backend, preset)]
@@ -200,7 +200,7 @@ def _guard_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_adapters_save_without_the_hub_and_reload_equal(backend: str, real_vit_gpt2: Path, real_clip_flan_t5: Path,
                                                         images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = str(real_vit_gpt2 if backend == "vit-gpt2" else real_clip_flan_t5)
-    cls = get_backend(backend)
+    cls = backend_class(backend)
     trained = cls.load(ModelConfig(model=folder), CPU)
     trained.add_lora(LoraConfig(r=4, alpha=8, targets="attn_ffn"))
     with torch.no_grad():  # "trained": every adapted weight away from its initial value
@@ -209,7 +209,7 @@ def test_adapters_save_without_the_hub_and_reload_equal(backend: str, real_vit_g
             if p.requires_grad:
                 p.add_(0.05 * torch.randn(p.shape, generator=generator))
     # As for a hub model: peft's "auto" embedding check would ask the hub about this id.
-    trained.peft_model.peft_config["default"].base_model_name_or_path = cls.default_model
+    trained.peft_model.peft_config["default"].base_model_name_or_path = backend_spec(backend).default_model
     attempts = _guard_network(monkeypatch)
     trained.save_adapter(tmp_path / "adapter")
     assert attempts == []

@@ -63,10 +63,10 @@ def val12(shared_data: Path):
 def captioner(tiny_vit_gpt2: Path):
     import torch
 
-    from bench.backends import get_backend
+    from bench.backends import backend_class
 
     torch.set_num_threads(1)
-    return get_backend("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), torch.device("cpu"))
+    return backend_class("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), torch.device("cpu"))
 
 
 GEN = GenerationConfig(batch_size=4, max_new_tokens=8)

@@ -28,7 +28,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.backends import get_backend
+from bench.backends import backend_class
 from bench.config import LoraConfig, ModelConfig
 from bench.errors import BenchError
 from conftest import REPO, tiny_setting_text
@@ -141,9 +141,9 @@ def test_every_pretrained_load_goes_through_the_model_source() -> None:
     """`from_pretrained` is *called* only in bench/model_source.py (which enforces the rules above);
     backends and the scorer hand it their loaders. Exceptions: the tiny-model builders (they read
     folders they just wrote, as does the demo) and peft's adapter config (a local run folder, JSON only)."""
-    allowed = {BENCH / "model_source.py", BENCH / "backends" / "_lora.py"}
+    allowed = {BENCH / "model_source.py", BENCH / "models" / "adapters.py"}
     for path, tree in _sources():
-        if path in allowed or path.parent.name in ("tiny", "demo") or path.name == "demo.py":
+        if path in allowed or path.parent.name in ("tiny", "demo", "testing") or path.name == "demo.py":
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "from_pretrained":
@@ -193,10 +193,10 @@ def test_base_model_with_only_a_plain_bin_loads_through_weights_only(
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    from_bin = get_backend("vit-gpt2").load(ModelConfig(model=str(folder)), CPU)
+    from_bin = backend_class("vit-gpt2").load(ModelConfig(model=str(folder)), CPU)
     assert seen == [True]
     monkeypatch.setattr(torch, "load", real_load)
-    reference = get_backend("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), CPU)
+    reference = backend_class("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), CPU)
     a, b = from_bin.model.state_dict(), reference.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -218,7 +218,7 @@ def test_code_running_bin_base_model_is_refused_without_running_it(
         weights.unlink()
         cfg = ModelConfig(model=str(root / "t5"), options={"vision_model": str(root / "vision")})
     with pytest.raises(BenchError) as info:
-        get_backend(backend).load(cfg, CPU)
+        backend_class(backend).load(cfg, CPU)
     message = one_line(info)
     assert str(root) in message and "pytorch_model.bin is a pickle that would run code to load; refused" in message
     assert not marker.exists()
@@ -230,7 +230,7 @@ def test_pickle_disguised_as_safetensors_is_refused_without_running_it(tiny_vit_
     shutil.copytree(tiny_vit_gpt2, folder)
     hostile_checkpoint(folder / "model.safetensors", marker)
     with pytest.raises(BenchError) as info:
-        get_backend("vit-gpt2").load(ModelConfig(model=str(folder)), CPU)
+        backend_class("vit-gpt2").load(ModelConfig(model=str(folder)), CPU)
     assert "cannot load from this folder" in one_line(info)
     assert not marker.exists()
 
@@ -253,7 +253,7 @@ def test_clip_scorer_refuses_a_code_running_bin(tiny_clip: Path, tmp_path: Path,
 # --- adapters and training checkpoints -----------------------------------------------------------
 
 def _adapter(tiny_vit_gpt2: Path, folder: Path) -> Path:
-    captioner = get_backend("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), CPU)
+    captioner = backend_class("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), CPU)
     captioner.add_lora(LoraConfig(r=2, alpha=4, targets="attn"))
     captioner.save_adapter(folder)
     return folder
@@ -261,7 +261,7 @@ def _adapter(tiny_vit_gpt2: Path, folder: Path) -> Path:
 
 def test_adapters_bench_writes_are_safetensors_only(tiny_vit_gpt2: Path, tiny_clip_flan_t5: Path, tmp_path: Path) -> None:
     for backend, model in (("vit-gpt2", tiny_vit_gpt2), ("clip-flan-t5", tiny_clip_flan_t5)):
-        captioner = get_backend(backend).load(ModelConfig(model=str(model)), CPU)
+        captioner = backend_class(backend).load(ModelConfig(model=str(model)), CPU)
         captioner.add_lora(LoraConfig(r=2, alpha=4, targets="attn"))
         captioner.save_adapter(tmp_path / backend)
         suffixes = {p.suffix for p in (tmp_path / backend).iterdir()}
@@ -275,7 +275,7 @@ def test_code_running_adapter_is_refused_without_running_it(name: str, tiny_vit_
     state = load_file(adapter / "adapter_model.safetensors")
     (adapter / "adapter_model.safetensors").unlink()
     hostile_checkpoint(adapter / name, marker, state)
-    captioner = get_backend("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), CPU)
+    captioner = backend_class("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), CPU)
     with pytest.raises(BenchError) as info:
         captioner.load_adapter(adapter)
     message = one_line(info)
@@ -343,7 +343,7 @@ def test_cli_resume_with_a_code_running_training_checkpoint_is_refused(
     cli_world: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     marker = cli_world["root"] / "ran"
-    cls = get_backend("vit-gpt2")
+    cls = backend_class("vit-gpt2")
     original = cls.loss
     calls: list[int] = []
 

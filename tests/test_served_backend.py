@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.backends import get_backend
-from bench.backends._caption_text import postprocess_caption
+from bench.backends import backend_class
+from bench.models.caption_text import postprocess_caption
 from bench.config import GenerationConfig, ModelConfig
 from bench.data.types import Sample
 from bench.errors import BenchError
@@ -25,7 +25,7 @@ CPU = torch.device("cpu")
 
 def load(url: str, **kw: object):
     cfg = ModelConfig(model=str(kw.pop("model", "tiny-vlm")), base_url=url, **kw)  # type: ignore[arg-type]
-    return get_backend("openai").load(cfg, CPU, prompt=load_prompt("brief", REPO / "prompts"))
+    return backend_class("openai").load(cfg, CPU, prompt=load_prompt("brief", REPO / "prompts"))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.backends import get_backend
+from bench.backends import backend_class
 from bench.config import LoraConfig, ModelConfig
 from bench.errors import BenchError
 from bench.run import plan_run
@@ -36,7 +36,7 @@ def lora_setting(folder: Path, model: Path, r: int = 4) -> Path:
 @pytest.fixture(scope="module")
 def adapter(tiny_llava: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An adapter saved by the llava backend exactly as a VLM-LoRA run saves each epoch's."""
-    captioner = get_backend("llava").load(ModelConfig(model=str(tiny_llava)), torch.device("cpu"), prompt="brief", for_lora=True)
+    captioner = backend_class("llava").load(ModelConfig(model=str(tiny_llava)), torch.device("cpu"), prompt="brief", for_lora=True)
     captioner.add_lora(LoraConfig(r=4, alpha=8, targets="attn_ffn"))
     out = tmp_path_factory.mktemp("adapter") / "epoch-1"
     captioner.save_adapter(out)

@@ -11,7 +11,6 @@ import pytest
 
 from bench.errors import BenchError
 from bench.settings import (
-    backend_catalog,
     list_settings,
     load_setting,
     prompt_setting,
@@ -84,18 +83,6 @@ def test_group_is_just_a_field(home: Path) -> None:
         settings_in_group("nope")
 
 
-def test_backend_catalog_matches_the_registry() -> None:
-    from bench.backends import available_backends, get_backend
-
-    catalog = backend_catalog()
-    assert sorted(catalog) == available_backends()
-    for name, info in catalog.items():
-        cls = get_backend(name)
-        assert info.supports_lora == cls.supports_lora
-        assert info.supports_vlm_lora == getattr(cls, "supports_vlm_lora", False)
-        assert info.default_model == cls.default_model
-
-
 # --- extends and merge ---------------------------------------------------------------------------
 
 def test_extends_chain_deep_merges_tables(home: Path) -> None:
@@ -131,7 +118,7 @@ def test_error_names_the_file_that_set_the_key(home: Path) -> None:
 
 
 def test_cross_key_error_names_the_file_that_changed_it(home: Path) -> None:
-    write(home, "beam", "[generation]\nstrategy = 'beam'\n")  # num_beams = 1 comes from base.toml
+    write(home, "beam", "[generation]\nstrategy = 'beam'\n")  # num_beams = 1: the dataclass default
     with pytest.raises(BenchError, match=r"^settings/beam.toml: generation.num_beams must be >= 2 with strategy"):
         load_setting("beam")
 

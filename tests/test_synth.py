@@ -10,7 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.data import load_dataset, make_split, read_references, vocabulary, write_synth
+from bench.data import load_dataset, make_split, read_references
+from bench.data.synth import vocabulary, write_synth
 from bench.data.synth import VARIANTS, make_scene, scene_captions
 from bench.errors import BenchError
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.backends import get_backend
+from bench.backends import backend_class
 from bench.config import GenerationConfig, LoraConfig, ModelConfig, TrainConfig
 from bench.data.types import Sample
 from bench.errors import BenchError
@@ -41,7 +41,7 @@ def tiny(tiny_vit_gpt2: Path, tiny_clip_flan_t5: Path) -> dict[str, Path]:
 
 def lora_captioner(model_dir: Path, backend: str, lora: LoraConfig):
     torch.set_num_threads(1)
-    captioner = get_backend(backend).load(ModelConfig(model=str(model_dir)), CPU)
+    captioner = backend_class(backend).load(ModelConfig(model=str(model_dir)), CPU)
     captioner.add_lora(lora)
     return captioner
 
@@ -216,7 +216,7 @@ def test_checkpoint_with_pickled_objects_is_refused(tiny_vit_gpt2: Path, samples
 
 
 def test_training_without_lora_or_pairs_is_an_error(tiny_vit_gpt2: Path, samples: list[Sample], tmp_path: Path) -> None:
-    plain = get_backend("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), CPU)
+    plain = backend_class("vit-gpt2").load(ModelConfig(model=str(tiny_vit_gpt2)), CPU)
     with pytest.raises(BenchError, match="no trainable parameters"):
         train(plain, training_pairs(samples), TrainConfig(), tmp_path, seed=0, device=CPU, progress=False)
     plain.add_lora(LoraConfig(r=2, alpha=4))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.backends import get_backend
+from bench.backends import backend_class, backend_spec
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.data.types import Sample
 from bench.errors import BenchError
@@ -36,7 +36,7 @@ def samples(shared_data: Path) -> list[Sample]:
 
 def load(model_dir: Path):
     torch.set_num_threads(1)
-    return get_backend(BACKEND).load(ModelConfig(model=str(model_dir)), CPU)
+    return backend_class(BACKEND).load(ModelConfig(model=str(model_dir)), CPU)
 
 
 def adapted_modules(captioner) -> set[str]:
@@ -48,7 +48,7 @@ def adapted_modules(captioner) -> set[str]:
 
 def test_loads_tiny_model_frozen(tiny_vit_gpt2: Path) -> None:
     captioner = load(tiny_vit_gpt2)
-    assert captioner.name == BACKEND and captioner.supports_lora
+    assert captioner.name == BACKEND and backend_spec(BACKEND).supports_lora
     trainable, total = captioner.trainable_parameters()
     assert trainable == 0 and total > 0
     # pad = eos = decoder start, as in nlpconnect/vit-gpt2-image-captioning
@@ -225,7 +225,7 @@ def test_unreachable_hub_id_and_missing_folder_are_one_line_errors(monkeypatch: 
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no 30 s of retries
-    Backend = get_backend(BACKEND)
+    Backend = backend_class(BACKEND)
     with pytest.raises(BenchError) as err:
         Backend.load(ModelConfig(model="nlpconnect/vit-gpt2-image-captioning"), CPU)
     message = str(err.value)
@@ -236,7 +236,7 @@ def test_unreachable_hub_id_and_missing_folder_are_one_line_errors(monkeypatch: 
 
 
 def test_quantization_and_options_are_refused(tiny_vit_gpt2: Path) -> None:
-    Backend = get_backend(BACKEND)
+    Backend = backend_class(BACKEND)
     with pytest.raises(BenchError, match="quantization '4bit'"):
         Backend.load(ModelConfig(model=str(tiny_vit_gpt2), quantization="4bit"), CPU)
     with pytest.raises(BenchError, match="options"):

@@ -1,4 +1,4 @@
-"""The zero-shot `vlm` backend on a tiny random model of each family (bench.tiny.vlm), loaded by path
+"""The zero-shot `vlm` backend on a tiny random model of each family (bench.testing.vlm), loaded by path
 through the same `load()` as a hub id: prompt rules, batched == batch-1 captions (dynamic
 resolution included), decoding owned by the setting, image modes and quantization configs."""
 
@@ -12,13 +12,13 @@ from unittest import mock
 import pytest
 import torch
 
-from bench.backends import get_backend
-from bench.backends._families import FAMILIES
+from bench.backends import backend_class
+from bench.models.vlm_families import FAMILIES
 from bench.config import GenerationConfig, ModelConfig
 from bench.data.types import Sample
 from bench.errors import BenchError
 from bench.prompts import load_prompt
-from bench.tiny.vlm import BUILDERS
+from bench.testing.vlm import BUILDERS
 from conftest import REPO, tiny_vlm_dir
 
 CPU = torch.device("cpu")
@@ -59,7 +59,7 @@ def brief():
 @pytest.fixture(scope="module")
 def captioners(tiny_root: Path, brief) -> dict[str, object]:
     torch.set_num_threads(1)
-    backend = get_backend("vlm")
+    backend = backend_class("vlm")
     return {f: backend.load(ModelConfig(model=str(tiny_vlm_dir(tiny_root, f))), CPU, prompt=brief) for f in BUILDERS}
 
 
@@ -119,7 +119,7 @@ def test_row_ends_record_eos_and_lengths(captioners, samples):
 
 
 def test_text_prefix_for_blip(tiny_root: Path, brief, samples):
-    blip = get_backend("vlm").load(
+    blip = backend_class("vlm").load(
         ModelConfig(model=str(tiny_vlm_dir(tiny_root, "blip")), options={"text_prefix": "a picture of"}), CPU, prompt=brief,
     )
     assert blip.prompt_text == "a picture of"
@@ -133,7 +133,7 @@ def test_checkpoint_generation_config_never_overrides_the_setting(tmp_path: Path
     config = json.loads((folder / "generation_config.json").read_text())
     config.update(do_sample=True, temperature=5.0, top_k=3, num_beams=3, max_new_tokens=2, repetition_penalty=3.0)
     (folder / "generation_config.json").write_text(json.dumps(config))
-    loaded = get_backend("vlm").load(ModelConfig(model=str(folder)), CPU, prompt=brief)
+    loaded = backend_class("vlm").load(ModelConfig(model=str(folder)), CPU, prompt=brief)
     kept = set(loaded.model.generation_config.to_diff_dict()) - {"transformers_version"}
     assert kept <= {"bos_token_id", "eos_token_id", "pad_token_id"}, kept  # the file's decoding is dropped
     batch = loaded.caption_collate()(samples[:3])
@@ -144,7 +144,7 @@ def test_checkpoint_generation_config_never_overrides_the_setting(tmp_path: Path
 
 
 def test_options_are_checked(tiny_root: Path, brief):
-    backend = get_backend("vlm")
+    backend = backend_class("vlm")
     qwen = str(tiny_vlm_dir(tiny_root, "qwen2_vl"))
     for options, expected in [
         ({"image_mode": "pad"}, "models.vlm.options.image_mode must be 'auto' or 'native' for model_type 'qwen2_vl', got 'pad'"),
@@ -174,7 +174,7 @@ def test_quantization_skips_vision_projector_and_lm_head(captioners, family):
 
 @pytest.mark.parametrize("quantization, flag", [("4bit", "load_in_4bit"), ("8bit", "load_in_8bit")])
 def test_quantization_config_for_cuda_without_loading(quantization, flag):
-    from bench.backends._quant import quantization_config
+    from bench.models.quantization import quantization_config
 
     fake_bnb = mock.MagicMock()
     with mock.patch("torch.cuda.is_available", return_value=True), \

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.backends import get_backend
+from bench.backends import backend_class
 from bench.config import GenerationConfig, LoraConfig, ModelConfig, TrainConfig
 from bench.data.types import Sample
 from bench.errors import BenchError
@@ -32,7 +32,7 @@ def flickr_samples(shared_data: Path, n: int, caption: str | None = None) -> lis
 
 def load(model_dir: Path):
     torch.set_num_threads(1)
-    return get_backend("llava").load(ModelConfig(model=str(model_dir)), CPU, prompt="brief")
+    return backend_class("llava").load(ModelConfig(model=str(model_dir)), CPU, prompt="brief")
 
 
 def with_lora(model_dir: Path, lora: LoraConfig):

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from bench.backends._vlm_lora import FULL_PRECISION_PARTS, language_model_scope, projector_layers, vlm_target_regex
+from bench.models.vlm_lora import FULL_PRECISION_PARTS, language_model_scope, projector_layers, vlm_target_regex
 
 ATTN = {"q_proj", "k_proj", "v_proj", "o_proj"}
 FFN = {"gate_proj", "up_proj", "down_proj"}

@@ -9,13 +9,12 @@ assistant's answer and asking transformers for its `{% generation %}` mask
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench.backends._vlm_lora import (
+from bench.models.vlm_lora import (
     FULL_PRECISION_PARTS,
     IGNORE,
     MAX_CAPTION_TOKENS,
@@ -205,7 +204,7 @@ def test_lora_load_keeps_the_vlm_parts_full_precision(monkeypatch) -> None:
     """The llava backend's 4-bit load, zero-shot and for LoRA alike, hands from_pretrained a
     skip list that leaves the vision tower, projector and lm_head unquantized (QLoRA's layout)."""
     import bench.backends.vlm as vlm
-    from bench.backends._families import family_for
+    from bench.models.vlm_families import family_for
     from bench.config import ModelConfig
 
     pytest.importorskip("bitsandbytes")
@@ -234,29 +233,20 @@ def test_lora_load_keeps_the_vlm_parts_full_precision(monkeypatch) -> None:
 @pytest.fixture(scope="module")
 def shrunk_llava(tmp_path_factory) -> Path:
     """llava-1.5-7b's config shrunk in widths and depths (vocab 32064, 336 px / patch 14 = 576 image
-    tokens kept), random weights, saved beside a copy of the real processor files."""
+    tokens kept), random weights, beside the real processor files (bench.testing.real_models)."""
     if not (REAL / "config.json").is_file():
         pytest.skip(f"real LLaVA-1.5 files not found in {REAL}")
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
+    from bench.testing.real_models import build_real_model
 
-    out = tmp_path_factory.mktemp("shrunk-llava")
-    config = LlavaConfig.from_pretrained(str(REAL))
-    config.vision_config.update({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "projection_dim": 32})
-    config.text_config.update({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2})
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(out)
-    for f in REAL.iterdir():
-        if f.is_file() and f.name not in ("config.json", "PROVENANCE.md"):
-            shutil.copy(f, out / f.name)
-    return out
+    return build_real_model(REAL, tmp_path_factory.mktemp("shrunk-llava"), 0)
 
 
 def test_shrunk_real_llava_trains_only_lora_and_its_loss_is_the_caption_cross_entropy(shrunk_llava, brief, images) -> None:
-    from bench.backends import get_backend
+    from bench.backends import backend_class
     from bench.config import LoraConfig, ModelConfig
 
     torch.set_num_threads(1)
-    captioner = get_backend("llava").load(ModelConfig(model=str(shrunk_llava)), torch.device("cpu"), prompt=brief)
+    captioner = backend_class("llava").load(ModelConfig(model=str(shrunk_llava)), torch.device("cpu"), prompt=brief)
     captioner.add_lora(LoraConfig(r=2, alpha=4, dropout=0.0, targets=("attn", "projector")))
     trainable = [n for n, p in captioner.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)

@@ -63,9 +63,9 @@ def test_train_without_lora_and_an_untunable_vlm_are_one_line_errors(home: Path,
 
     import bench.settings.checks as checks
 
-    catalog = checks.backend_catalog()
+    catalog = checks.backend_table()
     frozen = {**catalog, "llava": dataclasses.replace(catalog["llava"], supports_vlm_lora=False)}
-    monkeypatch.setattr(checks, "backend_catalog", lambda: frozen)
+    monkeypatch.setattr(checks, "backend_table", lambda: frozen)
     write(home, "l", "prompt = 'brief'\n[lora]\nr = 8\n")
     with pytest.raises(BenchError, match=r"^settings/l.toml: lora.r applies only to LoRA backends; llava is zero-shot and cannot be fine-tuned$"):
         load_setting("l")

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.backends import get_backend
-from bench.backends._caption_text import postprocess_caption
+from bench.backends import backend_class
+from bench.models.caption_text import postprocess_caption
 from bench.backends.vlm import VlmCollate, encode, render_prompt
 from bench.config import GenerationConfig, ModelConfig
 from bench.data.types import Sample
@@ -32,7 +32,7 @@ def samples(shared_data: Path) -> list[Sample]:
 @pytest.fixture(scope="module")
 def llava(real_vlm: dict[str, Path]):
     torch.set_num_threads(1)
-    return get_backend("llava").load(ModelConfig(model=str(real_vlm["llava"])), CPU, prompt=load_prompt("brief", REPO / "prompts"))
+    return backend_class("llava").load(ModelConfig(model=str(real_vlm["llava"])), CPU, prompt=load_prompt("brief", REPO / "prompts"))
 
 
 def llava_expand2square(image: Image.Image, background: tuple[int, ...]) -> Image.Image:
@@ -114,7 +114,7 @@ def test_image_mode_pad_is_llavas_expand2square_and_crop_the_processors(llava, r
     images = [Image.open(s.path).convert("RGB") for s in samples]
     reference = processor.image_processor([llava_expand2square(i, mean) for i in images], return_tensors="pt")["pixel_values"]
     assert torch.equal(pad, reference)
-    crop_captioner = get_backend("llava").load(
+    crop_captioner = backend_class("llava").load(
         ModelConfig(model=str(real_vlm["llava"]), options={"image_mode": "crop"}), CPU, prompt=load_prompt("brief", REPO / "prompts")
     )
     assert crop_captioner.resolved_options() == {"model_type": "llava", "prompt_rule": "chat", "image_mode": "crop"}

@@ -92,7 +92,7 @@ def test_model_slug():
 
 
 def test_family_rules_by_model_type_never_by_name():
-    from bench.backends._families import family_for
+    from bench.models.vlm_families import family_for
 
     assert family_for("llava", True, "m").prompt_rule == "chat"
     assert family_for("llava", False, "m").prompt_rule == "llava15"  # old conversions: LLaVA-1.5's format

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bench.backends import get_backend
+from bench.backends import backend_class
 from bench.config import LoraConfig, ModelConfig, TrainConfig
 from bench.data.types import Sample
 from bench.distributed import detect
@@ -33,7 +33,7 @@ def main(model_dir: str, out_dir: str, images_dir: str) -> None:
     images = sorted(Path(images_dir).glob("*.jpg"))[:8]
     samples = [Sample(p.stem, p, (CAPTION,)) for p in images]
     torch.manual_seed(0)
-    captioner = get_backend("llava").load(ModelConfig(model=model_dir), device, prompt="brief")
+    captioner = backend_class("llava").load(ModelConfig(model=model_dir), device, prompt="brief")
     captioner.add_lora(LoraConfig(r=4, alpha=8, dropout=0.0, targets="attn_ffn"))
     train(captioner, training_pairs(samples), CONFIG, Path(out_dir), seed=3, device=device,
           progress=False, num_workers=0, dist=dist)

@@ -92,7 +92,7 @@ def safe_name(image_id: str) -> str:
 
 def model_view(captioner: Any, pixel_values: Any) -> np.ndarray | None:
     """The image as the model saw it (H, W, 3 in 0..1): pixel values with the normalisation undone."""
-    processor = getattr(captioner, "processor", None)
+    processor = captioner.processor
     stats = getattr(processor, "image_processor", processor)
     mean, std = getattr(stats, "image_mean", None), getattr(stats, "image_std", None)
     if pixel_values is None or mean is None or std is None or getattr(pixel_values, "ndim", 0) != 3:

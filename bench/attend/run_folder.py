@@ -199,9 +199,9 @@ def load_captioner(run: RunFolder, device: Any) -> Any:
     """The backend loaded as the run used it, with the final LoRA adapter of a LoRA run."""
     import torch
 
-    from bench.backends import get_backend
+    from bench.backends import backend_class
 
-    cls = get_backend(run.backend)
+    cls = backend_class(run.backend)
     torch.manual_seed(int(run.config.get("seed", 0)))  # as bench run does before loading
     captioner = cls.load(model_config(run), device, prompt=run_prompt(run))
     if run.config.get("kind") == "lora":

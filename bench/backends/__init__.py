@@ -1,5 +1,8 @@
-"""Captioner backends: one module each, found by name through the registry in `base`."""
+"""Captioner backends: one module each, named by a row of `bench.backends.table`.
 
-from bench.backends.base import AttentionTrace, Captioner, available_backends, get_backend, register_backend
+Importing this package loads no torch: the table is plain data, the classes load on demand.
+"""
 
-__all__ = ["AttentionTrace", "Captioner", "available_backends", "get_backend", "register_backend"]
+from bench.backends.table import BackendSpec, backend_class, backend_spec, backend_table
+
+__all__ = ["BackendSpec", "backend_class", "backend_spec", "backend_table"]

@@ -1,8 +1,8 @@
-"""The captioner interface and the backend registry.
+"""The captioner interface every backend implements.
 
-A backend is one module in this package that defines one `Captioner` subclass decorated with
-`@register_backend("name")`; `bench.backends` imports every module here, so adding a backend is
-adding one file.
+A backend is one module in this package that defines one `Captioner` subclass plus its row in
+`bench.backends.table` (name, class, defaults: what planning reads without torch). Test-only
+builders (tiny random models) live beside the demo and tests that use them, not here.
 
 Life of a backend in a run: `load()` the model (hub id or local dir), optionally `add_lora()` and
 train through `bench.training` using `train_collate` + `loss`, then caption: a DataLoader whose
@@ -12,8 +12,6 @@ workers run `caption_collate` (image decoding and the processor, in parallel wit
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +22,10 @@ import torch
 
 from bench.config import GenerationConfig, LoraConfig, ModelConfig
 from bench.errors import BenchError
+from bench.models.adapters import AdapterMixin
+from bench.models.collate import PixelCaptionCollate
+from bench.models.decoding import clean_captions, generation_kwargs
+from bench.models.lora_targets import add_peft, peft_lora_config, resolve_targets
 
 Batch = dict[str, Any]
 
@@ -44,15 +46,12 @@ class AttentionTrace:
 
 
 class Captioner(ABC):
+    # The backend's row in bench.backends.table, which holds its defaults and capabilities.
     name: ClassVar[str]
-    supports_lora: ClassVar[bool] = False
-    # A zero-shot VLM that a prompt setting with its own [lora] table LoRA-trains first
-    # (bench.backends._vlm_lora provides the training methods).
-    supports_vlm_lora: ClassVar[bool] = False
-    # The default model (hub id) used when a setting names none.
-    default_model: ClassVar[str]
-    # generation.max_new_tokens when a setting leaves it unset (zero-shot VLMs say more than captioners).
-    default_max_new_tokens: ClassVar[int] = 30
+    # The LoRA settings of the adapter added by `add_lora` (part of a training run's fingerprint).
+    lora_config: LoraConfig | None = None
+    # What turns images into model inputs (its image_mean/std let `bench attend` undo them).
+    processor: Any = None
 
     def __init__(self, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> None:
         self.model_cfg = model_cfg
@@ -65,13 +64,12 @@ class Captioner(ABC):
     # --- loading ---------------------------------------------------------------------------
     @classmethod
     @abstractmethod
-    def load(cls, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> "Captioner":
-        """Load weights from a hub id or local directory (safetensors, no remote code)."""
-
-    @staticmethod
-    @abstractmethod
-    def build_tiny(out_dir: Path, seed: int = 0) -> Path:
-        """Write a tiny random model of this architecture (with a local tokenizer) to out_dir."""
+    def load(
+        cls, model_cfg: ModelConfig, device: torch.device, prompt: Any = None, *, for_lora: bool = False,
+    ) -> "Captioner":
+        """The captioner, ready to caption: weights from a hub id or local directory (safetensors,
+        no remote code). `prompt` (a prompt name or template) is for prompted backends;
+        `for_lora`: the model is about to be LoRA-trained (a VLM LoRA run)."""
 
     # --- captioning --------------------------------------------------------------------------
     @abstractmethod
@@ -114,6 +112,10 @@ class Captioner(ABC):
     def torch_module(self) -> torch.nn.Module:
         """The nn.Module that training optimises and accelerate wraps."""
 
+    def resolved_options(self) -> dict[str, object] | None:
+        """What a zero-shot run resolved from its options (family, image mode), for results.json."""
+        return None
+
     # --- attention maps ------------------------------------------------------------------------
     def generate_with_attention(self, batch: Batch, gen: GenerationConfig) -> list[AttentionTrace]:
         raise BenchError(f"backend {self.name!r} cannot produce attention maps")
@@ -130,35 +132,47 @@ def hit_token_limit(new_tokens: torch.Tensor, end_ids: Sequence[int], max_new_to
     return [not bool(row_ends) for row_ends in ends.any(dim=1).tolist()]
 
 
-_REGISTRY: dict[str, type[Captioner]] = {}
+class PixelLoraCaptioner(AdapterMixin, Captioner):
+    """What the two LoRA backends share: an image processor feeding `pixel_values` to a
+    seq2seq-style model, a tokenizer, and a LoRA adapter added by `add_lora` (saved and loaded by
+    `AdapterMixin`)."""
 
+    def __init__(self, model_cfg: ModelConfig, device: torch.device, model: Any, tokenizer: Any, processor: Any) -> None:
+        super().__init__(model_cfg, device)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.peft_model: Any | None = None
+        self.lora_config: LoraConfig | None = None
 
-def register_backend(name: str) -> Callable[[type[Captioner]], type[Captioner]]:
-    def deco(cls: type[Captioner]) -> type[Captioner]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise RuntimeError(f"backend {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+    # Where LoRA goes, per backend: the part of `lora_base()` targets are resolved in, the
+    # presets ("attn", "attn_ffn") and whether the layers store weights transposed (GPT-2's Conv1D).
+    lora_scope: ClassVar[str]
+    lora_presets: ClassVar[dict[str, tuple[str, ...]]]
+    lora_fan_in_fan_out: ClassVar[bool] = False
 
-    return deco
+    @classmethod
+    def refuse_quantization(cls, model_cfg: ModelConfig) -> None:
+        if model_cfg.quantization != "none":
+            raise BenchError(f"model quantization {model_cfg.quantization!r}: backend {cls.name!r} loads full precision only")
 
+    def caption_collate(self) -> PixelCaptionCollate:
+        return PixelCaptionCollate(self.processor)
 
-def _import_all() -> None:
-    package = importlib.import_module("bench.backends")
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("base",) and not info.name.startswith("_"):
-            importlib.import_module(f"bench.backends.{info.name}")
+    def add_lora(self, lora: LoraConfig) -> None:
+        if self.peft_model is not None:
+            raise BenchError("lora: this model already has a LoRA adapter")
+        base = self.lora_base()
+        regex = resolve_targets(base, lora.targets, scope=self.lora_scope, presets=self.lora_presets, backend=self.name)
+        # peft freezes what it wraps except the LoRA layers (clip-flan-t5's projection, outside it, trains).
+        self.peft_model = add_peft(base, peft_lora_config(lora, regex, fan_in_fan_out=self.lora_fan_in_fan_out))
+        self.lora_config = lora
 
+    def decode_generated(self, ids: torch.Tensor, gen: GenerationConfig) -> list[str]:
+        """Captions of generated decoder ids (the start token first); flags `last_truncated`."""
+        limit = generation_kwargs(gen)["max_new_tokens"]
+        self.last_truncated = hit_token_limit(ids[:, 1:], [int(self.tokenizer.eos_token_id)], limit)
+        return clean_captions(self.tokenizer, ids)
 
-def get_backend(name: str) -> type[Captioner]:
-    _import_all()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise BenchError(f"unknown backend {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
-
-
-def available_backends() -> list[str]:
-    _import_all()
-    return sorted(_REGISTRY)
+    def torch_module(self) -> torch.nn.Module:
+        return self.model

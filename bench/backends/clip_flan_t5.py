@@ -24,22 +24,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bench.backends._lora import (
-    PixelLoraCaptioner,
-    PixelTrainCollate,
-    add_peft,
-    check_adapter_dir,
-    generation_kwargs,
-    load_peft_adapter,
-    peft_lora_config,
-    resolve_targets,
-    save_peft_adapter,
-    to_device,
-    write_dir_atomically,
-)
-from bench.model_source import CLIP_TEXT_HALF, error_line, image_processor_loader, load_files, load_model
-from bench.backends.base import AttentionTrace, Batch, register_backend
-from bench.config import GenerationConfig, LoraConfig, ModelConfig
+from bench.backends.base import PixelLoraCaptioner
+from bench.models.collate import PixelTrainCollate, to_device
+from bench.models.decoding import generation_kwargs
+from bench.model_source import CLIP_TEXT_HALF, image_processor_loader, load_files, load_model
+from bench.backends.base import AttentionTrace, Batch
+from bench.backends.table import backend_spec
+from bench.config import GenerationConfig, ModelConfig
 from bench.errors import BenchError
 
 DEFAULT_VISION = "openai/clip-vit-base-patch16"
@@ -110,21 +101,22 @@ def model_sources(model_cfg: ModelConfig, default_t5: str) -> tuple[str, str]:
     return t5, vision or DEFAULT_VISION
 
 
-@register_backend("clip-flan-t5")
 class ClipFlanT5Captioner(PixelLoraCaptioner):
-    supports_lora: ClassVar[bool] = True  # read without importing torch by bench.settings
-    default_model: ClassVar[str] = "google/flan-t5-base"
+    name: ClassVar[str] = "clip-flan-t5"  # its row in bench.backends.table holds the defaults
+    lora_scope: ClassVar[str] = DECODER_SCOPE
+    lora_presets: ClassVar[dict[str, tuple[str, ...]]] = PRESETS
 
     # --- loading -------------------------------------------------------------------------------
     @classmethod
-    def load(cls, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> "ClipFlanT5Captioner":
+    def load(
+        cls, model_cfg: ModelConfig, device: torch.device, prompt: Any = None, *, for_lora: bool = False,
+    ) -> "ClipFlanT5Captioner":
         from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionModel
         from transformers import GenerationConfig as HFGenerationConfig
         from transformers import T5ForConditionalGeneration
 
-        if model_cfg.quantization != "none":
-            raise BenchError(f"model quantization {model_cfg.quantization!r}: backend 'clip-flan-t5' loads full precision only")
-        t5_id, vision_id = model_sources(model_cfg, cls.default_model)
+        cls.refuse_quantization(model_cfg)
+        t5_id, vision_id = model_sources(model_cfg, backend_spec(cls.name).default_model)
         t5_field, vision_field = "models.clip-flan-t5.model", "models.clip-flan-t5.options.vision_model"
         t5 = load_model(T5ForConditionalGeneration, t5_id, "clip-flan-t5 T5 model", t5_field)
         tokenizer = load_files(AutoTokenizer.from_pretrained, t5_id, "clip-flan-t5 T5 tokenizer", t5_field)
@@ -149,13 +141,6 @@ class ClipFlanT5Captioner(PixelLoraCaptioner):
         model.to(device).eval()
         return cls(model_cfg, device, model, tokenizer, processor)
 
-    @staticmethod
-    def build_tiny(out_dir: Path, seed: int = 0) -> Path:
-        """Writes `out_dir/t5` and `out_dir/vision`; returns out_dir (usable as `model` alone)."""
-        from bench.tiny.clip_flan_t5 import build_tiny_clip_flan_t5
-
-        return build_tiny_clip_flan_t5(Path(out_dir), seed)
-
     # --- captioning ----------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, batch: Batch, gen: GenerationConfig) -> list[str]:
@@ -172,9 +157,7 @@ class ClipFlanT5Captioner(PixelLoraCaptioner):
         row-major order), so encoder position 1 + k is patch k. CLS is dropped and each row
         renormalised over the patches. `batch["captions"]` (optional): trace those texts.
         """
-        from bench.backends._attention import (
-            captions_of, choose_tokens, cut_at_eos, eager_attention, one_line, trace_forward, trace_of,
-        )
+        from bench.models.attention import captions_of, cross_attention_traces
 
         self.model.eval()
         pixel_values = batch["pixel_values"].to(self.device, dtype=self.model.vision.dtype)
@@ -190,33 +173,15 @@ class ClipFlanT5Captioner(PixelLoraCaptioner):
         stop = {int(self.tokenizer.eos_token_id), int(self.tokenizer.pad_token_id)}
         layers = [block.layer[1].EncDecAttention for block in t5.decoder.block]
 
-        def decode(ids: Sequence[int]) -> str:
-            return one_line(self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
-
-        def tokenize(text: str) -> list[int]:
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
         def forward(row: int, inputs: torch.Tensor) -> None:
             embeds, mask = self.model.encode_image(pixel_values[row : row + 1])
             t5(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=inputs)
 
-        traces: list[AttentionTrace] = []
-        for i in range(n):
-            ids, source = choose_tokens(cut_at_eos(generated[i][1:], stop), captions[i], decode, tokenize)
-            maps: list[torch.Tensor] = []
-            mass: list[float] = []
-            if ids:
-                # Row t of the decoder input predicts caption token t: feed start + tokens[:-1].
-                inputs = torch.tensor([[start] + ids[:-1]], device=self.device)
-                with eager_attention(t5):
-                    # T5Attention returns (output, position_bias, weights).
-                    maps, mass = trace_forward(
-                        lambda: forward(i, inputs), layers, -1, slice(None), slice(1, 1 + n_patches), 1 + n_patches
-                    )
-            caption = captions[i] if captions[i] is not None else decode(ids)
-            where = f"T5 cross-attention over {n_patches} projected CLIP patches (CLS dropped, renormalised)"
-            traces.append(trace_of(self.tokenizer, caption, ids, maps, mass, (side, side), source, where))
-        return traces
+        return cross_attention_traces(
+            self.tokenizer, generated, captions, start=start, stop=stop, forward=forward, eager_model=t5,
+            layers=layers, weights_index=-1, grid=(side, side), device=self.device,  # T5Attention: weights last
+            where=f"T5 cross-attention over {n_patches} projected CLIP patches (CLS dropped, renormalised)",
+        )
 
     # --- LoRA training -------------------------------------------------------------------------
     def train_collate(self) -> Callable[[Sequence[Any]], Batch]:
@@ -226,37 +191,9 @@ class ClipFlanT5Captioner(PixelLoraCaptioner):
         b = to_device(batch, self.device)
         return self.model(b["pixel_values"].to(self.model.vision.dtype), b["labels"])
 
-    def add_lora(self, lora: LoraConfig) -> None:
-        if self.peft_model is not None:
-            raise BenchError("lora: this model already has a LoRA adapter")
-        regex = resolve_targets(self.model.t5, lora.targets, scope=DECODER_SCOPE, presets=PRESETS, backend=self.name)
-        # peft wraps the T5 part only: it freezes T5 and leaves the projection trainable.
-        self.peft_model = add_peft(self.model.t5, peft_lora_config(lora, regex))
-        self.lora_config = lora
+    # --- the adapter folder (bench.models.adapters) ---------------------------------------------
+    def lora_base(self) -> torch.nn.Module:
+        return self.model.t5  # LoRA adapts the decoder; the projection is trained in full
 
-    def save_adapter(self, out_dir: Path) -> None:
-        from safetensors.torch import save_file
-
-        if self.peft_model is None:
-            raise BenchError(f"{out_dir}: no LoRA adapter to save (add_lora first)")
-
-        def write(tmp: Path) -> None:
-            save_peft_adapter(self.peft_model, tmp, self.name)
-            state = {k: v.detach().cpu().contiguous() for k, v in self.model.projection.state_dict().items()}
-            save_file(state, str(tmp / PROJECTION_FILE))
-
-        write_dir_atomically(Path(out_dir), write)
-
-    def load_adapter(self, adapter_dir: Path) -> None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        adapter_dir = Path(adapter_dir)
-        check_adapter_dir(adapter_dir, self.name, extra_files=(PROJECTION_FILE,))
-        try:
-            state = load_file(str(adapter_dir / PROJECTION_FILE), device="cpu")
-            self.model.projection.load_state_dict(state, strict=True)
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise BenchError(f"{adapter_dir / PROJECTION_FILE}: does not fit this model's projection ({error_line(exc)})") from exc
-        self.peft_model = load_peft_adapter(self.model.t5, self.peft_model, adapter_dir)
-        self.model.to(self.device)
+    def adapter_extras(self) -> dict[str, torch.nn.Module]:
+        return {PROJECTION_FILE: self.model.projection}

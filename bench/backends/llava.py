@@ -12,38 +12,27 @@ This module adds the per-token attention maps of `bench attend`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from bench.backends._caption_text import postprocess_caption, split_sentences
-from bench.backends._quant import pick_dtype, quantization_config
-from bench.backends._vlm_lora import VlmLoraMixin
-from bench.backends.base import Batch, register_backend
-from bench.backends.vlm import DEFAULT_PROMPT, VlmCaptioner, VlmCollate, _load_image, encode, render_prompt
+from bench.models.caption_text import postprocess_caption, split_sentences
+from bench.models.quantization import pick_dtype, quantization_config
+from bench.models.vlm_lora import VlmLoraMixin
+from bench.backends.base import Batch
+from bench.backends.vlm import DEFAULT_PROMPT, VlmCaptioner, VlmCollate, encode, render_prompt
 from bench.config import GenerationConfig
 
 __all__ = [
-    "DEFAULT_PROMPT", "LlavaCaptioner", "VlmCollate", "_load_image", "encode", "pick_dtype", "postprocess_caption",
+    "DEFAULT_PROMPT", "LlavaCaptioner", "VlmCollate", "encode", "pick_dtype", "postprocess_caption",
     "quantization_config", "render_prompt", "split_sentences",
 ]
 LlavaCollate = VlmCollate  # the name earlier code used
 
 
-@register_backend("llava")
 class LlavaCaptioner(VlmLoraMixin, VlmCaptioner):
-    default_model = "llava-hf/llava-1.5-7b-hf"
-    supports_lora = False
-    supports_vlm_lora = True  # bench.backends._vlm_lora: LoRA/QLoRA on the VLM itself (tested on LLaVA-1.5)
-    default_max_new_tokens = 64
-    default_options: ClassVar[dict[str, object]] = {"image_mode": "auto"}
-
-    @staticmethod
-    def build_tiny(out_dir: Path, seed: int = 0) -> Path:
-        from bench.tiny.llava import build_tiny_llava
-
-        return build_tiny_llava(Path(out_dir), seed)
+    # Defaults in bench.backends.table; VlmLoraMixin: LoRA/QLoRA on the VLM itself (tested on LLaVA-1.5).
+    name: ClassVar[str] = "llava"
 
     def generate_with_attention(self, batch: Batch, gen: GenerationConfig) -> list[Any]:
         """Attention of each caption token to the image-token positions, in every LLM layer.
@@ -53,7 +42,7 @@ class LlavaCaptioner(VlmLoraMixin, VlmCaptioner):
         the image positions renormalised (the rest of the mass went to the text tokens; its share
         is reported as `image_mass`). `batch["captions"]` (optional): trace those texts.
         """
-        from bench.backends._attention import (
+        from bench.models.attention import (
             captions_of, choose_tokens, cut_at_eos, eager_attention, square_grid, trace_forward, trace_of,
         )
 

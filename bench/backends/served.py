@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.backends.base import Batch, Captioner, register_backend
+from bench.backends.base import Batch, Captioner
 from bench.config import GenerationConfig, ModelConfig
 from bench.errors import BenchError
 from bench.prompts import PromptTemplate, load_prompt
@@ -72,13 +72,10 @@ def api_key(model_cfg: ModelConfig) -> str | None:
     return value.strip()
 
 
-@register_backend("openai")
 class ServedCaptioner(Captioner):
-    # No default: a setting or `bench run --model NAME --endpoint URL` names the served model.
-    default_model = None
-    supports_lora = False
-    default_max_new_tokens = 64
-    default_options: ClassVar[dict[str, object]] = {}
+    # No default model (bench.backends.table): a setting or `bench run --model NAME --endpoint URL`
+    # names the served model.
+    name: ClassVar[str] = "openai"
 
     endpoint: Any  # bench.served.stream.Endpoint
     template: PromptTemplate
@@ -129,13 +126,6 @@ class ServedCaptioner(Captioner):
     def resolved_options(self) -> dict[str, object]:
         return {"endpoint": "openai-compatible", "max_concurrency": self.options["max_concurrency"]}
 
-    @staticmethod
-    def build_tiny(out_dir: Path, seed: int = 0) -> Path:
-        """The tiny LLaVA-1.5 the loopback test server (bench.testing) serves."""
-        from bench.tiny.vlm import build_tiny_vlm
-
-        return build_tiny_vlm("llava", Path(out_dir), seed)
-
     def torch_module(self) -> torch.nn.Module:
         return torch.nn.Module()  # the model lives behind the endpoint
 
@@ -145,7 +135,7 @@ class ServedCaptioner(Captioner):
     def generate(self, batch: Batch, gen: GenerationConfig) -> list[str]:
         """One batch through the endpoint (the run itself uses `caption_run`); a failed image
         is an error here, never an empty caption."""
-        from bench.backends._caption_text import postprocess_caption
+        from bench.models.caption_text import postprocess_caption
         from bench.data.types import Sample
         from bench.served.client import EndpointError, run_chats
 

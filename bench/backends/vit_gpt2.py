@@ -10,27 +10,17 @@ The ViT encoder is always frozen.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from bench.backends._lora import (
-    PixelLoraCaptioner,
-    PixelTrainCollate,
-    add_peft,
-    check_adapter_dir,
-    generation_kwargs,
-    load_peft_adapter,
-    peft_lora_config,
-    resolve_targets,
-    save_peft_adapter,
-    to_device,
-    write_dir_atomically,
-)
+from bench.backends.base import PixelLoraCaptioner
+from bench.models.collate import PixelTrainCollate, to_device
+from bench.models.decoding import generation_kwargs
 from bench.model_source import image_processor_loader, load_files, load_model
-from bench.backends.base import AttentionTrace, Batch, register_backend
-from bench.config import GenerationConfig, LoraConfig, ModelConfig
+from bench.backends.base import AttentionTrace, Batch
+from bench.backends.table import backend_spec
+from bench.config import GenerationConfig, ModelConfig
 from bench.errors import BenchError
 
 # Names are dotted suffixes of GPT-2 modules inside `decoder.` (never the ViT encoder).
@@ -43,22 +33,24 @@ PRESETS: dict[str, tuple[str, ...]] = {
 MAX_LABEL_TOKENS = 128
 
 
-@register_backend("vit-gpt2")
 class VitGpt2Captioner(PixelLoraCaptioner):
-    supports_lora: ClassVar[bool] = True  # read without importing torch by bench.settings
-    default_model: ClassVar[str] = "nlpconnect/vit-gpt2-image-captioning"
+    name: ClassVar[str] = "vit-gpt2"  # its row in bench.backends.table holds the defaults
+    lora_scope: ClassVar[str] = DECODER_SCOPE
+    lora_presets: ClassVar[dict[str, tuple[str, ...]]] = PRESETS
+    lora_fan_in_fan_out: ClassVar[bool] = True  # GPT-2's Conv1D stores weights transposed
 
     # --- loading -------------------------------------------------------------------------------
     @classmethod
-    def load(cls, model_cfg: ModelConfig, device: torch.device, prompt: str | None = None) -> "VitGpt2Captioner":
+    def load(
+        cls, model_cfg: ModelConfig, device: torch.device, prompt: Any = None, *, for_lora: bool = False,
+    ) -> "VitGpt2Captioner":
         from transformers import AutoTokenizer, GenerationConfig as HFGenerationConfig
         from transformers import ViTImageProcessorPil, VisionEncoderDecoderModel
 
-        if model_cfg.quantization != "none":
-            raise BenchError(f"model quantization {model_cfg.quantization!r}: backend 'vit-gpt2' loads full precision only")
+        cls.refuse_quantization(model_cfg)
         if model_cfg.options:
             raise BenchError(f"model options: backend 'vit-gpt2' takes none, got {', '.join(map(repr, model_cfg.options))}")
-        model_id = model_cfg.model or cls.default_model
+        model_id = model_cfg.model or backend_spec(cls.name).default_model
         field = "models.vit-gpt2.model"
         model = load_model(VisionEncoderDecoderModel, model_id, "vit-gpt2 model", field)
         tokenizer = load_files(AutoTokenizer.from_pretrained, model_id, "vit-gpt2 tokenizer", field)
@@ -82,12 +74,6 @@ class VitGpt2Captioner(PixelLoraCaptioner):
         model.to(device).eval()
         return cls(model_cfg, device, model, tokenizer, processor)
 
-    @staticmethod
-    def build_tiny(out_dir: Path, seed: int = 0) -> Path:
-        from bench.tiny.vit_gpt2 import build_tiny_vit_gpt2
-
-        return build_tiny_vit_gpt2(Path(out_dir), seed)
-
     # --- captioning ----------------------------------------------------------------------------
     @torch.inference_mode()
     @torch.inference_mode()  # as a bare script would: no autograd bookkeeping while generating
@@ -99,15 +85,12 @@ class VitGpt2Captioner(PixelLoraCaptioner):
 
     # --- attention maps ------------------------------------------------------------------------
     def generate_with_attention(self, batch: Batch, gen: GenerationConfig) -> list[AttentionTrace]:
-        """GPT-2 cross-attention of each caption token over the ViT patches (see `_attention`).
+        """GPT-2 cross-attention of each caption token over the ViT patches (see `bench.models.attention`).
 
         `batch["captions"]` (optional) are the run's captions: the traces are for those texts.
         The ViT's CLS position is dropped and each row renormalised over the patches.
         """
-        from bench.backends._attention import (
-            captions_of, choose_tokens, cut_at_eos, eager_attention, one_line, trace_of,
-            trace_forward,
-        )
+        from bench.models.attention import captions_of, cross_attention_traces
 
         self.model.eval()
         pixel_values = batch["pixel_values"].to(self.device, dtype=self.model.dtype)
@@ -121,29 +104,14 @@ class VitGpt2Captioner(PixelLoraCaptioner):
         stop = {int(self.tokenizer.eos_token_id), int(self.model.config.pad_token_id)}
         layers = [block.crossattention for block in self.model.decoder.transformer.h]
 
-        def decode(ids: Sequence[int]) -> str:
-            return one_line(self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+        def forward(row: int, inputs: torch.Tensor) -> None:
+            self.model(pixel_values=pixel_values[row : row + 1], decoder_input_ids=inputs)
 
-        def tokenize(text: str) -> list[int]:
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-        traces: list[AttentionTrace] = []
-        for i in range(n):
-            ids, source = choose_tokens(cut_at_eos(generated[i][1:], stop), captions[i], decode, tokenize)
-            maps: list[torch.Tensor] = []
-            mass: list[float] = []
-            if ids:
-                # Row t of the decoder input predicts caption token t: feed start + tokens[:-1].
-                inputs = torch.tensor([[start] + ids[:-1]], device=self.device)
-                with eager_attention(self.model):
-                    maps, mass = trace_forward(
-                        lambda: self.model(pixel_values=pixel_values[i : i + 1], decoder_input_ids=inputs),
-                        layers, 1, slice(None), slice(1, 1 + n_patches), 1 + n_patches,  # ViT: CLS first
-                    )
-            caption = captions[i] if captions[i] is not None else decode(ids)
-            where = f"GPT-2 cross-attention over {n_patches} ViT patches (CLS dropped, renormalised)"
-            traces.append(trace_of(self.tokenizer, caption, ids, maps, mass, grid, source, where))
-        return traces
+        return cross_attention_traces(
+            self.tokenizer, generated, captions, start=start, stop=stop, forward=forward, eager_model=self.model,
+            layers=layers, weights_index=1, grid=grid, device=self.device,  # ViT: CLS first
+            where=f"GPT-2 cross-attention over {n_patches} ViT patches (CLS dropped, renormalised)",
+        )
 
     # --- LoRA training -------------------------------------------------------------------------
     def _max_label_tokens(self) -> int:
@@ -155,24 +123,6 @@ class VitGpt2Captioner(PixelLoraCaptioner):
     def loss(self, batch: Batch) -> torch.Tensor:
         b = to_device(batch, self.device)
         return self.model(pixel_values=b["pixel_values"].to(self.model.dtype), labels=b["labels"]).loss
-
-    def add_lora(self, lora: LoraConfig) -> None:
-        if self.peft_model is not None:
-            raise BenchError("lora: this model already has a LoRA adapter")
-        regex = resolve_targets(self.model, lora.targets, scope=DECODER_SCOPE, presets=PRESETS, backend=self.name)
-        # GPT-2 uses Conv1D (weights stored transposed): peft needs fan_in_fan_out for it.
-        self.peft_model = add_peft(self.model, peft_lora_config(lora, regex, fan_in_fan_out=True))
-        self.lora_config = lora
-
-    def save_adapter(self, out_dir: Path) -> None:
-        if self.peft_model is None:
-            raise BenchError(f"{out_dir}: no LoRA adapter to save (add_lora first)")
-        write_dir_atomically(Path(out_dir), lambda tmp: save_peft_adapter(self.peft_model, tmp, self.name))
-
-    def load_adapter(self, adapter_dir: Path) -> None:
-        check_adapter_dir(Path(adapter_dir), self.name)
-        self.peft_model = load_peft_adapter(self.model, self.peft_model, Path(adapter_dir))
-        self.model.to(self.device)
 
 
 def _token_id(config: Any, name: str) -> int | None:

@@ -2,7 +2,7 @@
 
 One backend for every model `AutoModelForImageTextToText` loads (LLaVA, LLaVA-NeXT/OneVision,
 Qwen2-VL/2.5-VL, Idefics3/SmolVLM, PaliGemma, Gemma 3, BLIP, BLIP-2, ...), never with remote
-code. The family is the config's `model_type` (`bench.backends._families`): the prompt file's
+code. The family is the config's `model_type` (`bench.models.vlm_families`): the prompt file's
 instruction goes into the processor's chat template with one image, or through the family's own
 rule where the checkpoint has no template (PaliGemma's `caption en`, BLIP's text prefix).
 
@@ -24,11 +24,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.backends._caption_text import postprocess_caption
-from bench.backends._families import Family, family_for, image_mode
-from bench.backends._quant import pick_dtype, quantization_config
-from bench.backends.base import Batch, Captioner, register_backend
+from bench.models.caption_text import postprocess_caption
+from bench.models.vlm_families import Family, family_for, image_mode
+from bench.models.quantization import pick_dtype, quantization_config
+from bench.backends.base import Batch, Captioner
 from bench.config import GenerationConfig, ModelConfig
+from bench.data import load_image
 from bench.errors import BenchError
 from bench.model_source import image_processor_loader, load_files, load_model
 from bench.prompts import PromptTemplate, load_prompt
@@ -95,13 +96,6 @@ def pad_colour(processor: Any) -> tuple[int, ...]:
     return tuple(int(x * 255) for x in mean)
 
 
-def _load_image(path: Path) -> Any:
-    # Imported here: DataLoader workers need only this, and bench.data decodes safely.
-    from bench.data import load_image
-
-    return load_image(path)
-
-
 def encode(processor: Any, images: Sequence[Any], texts: Sequence[str] | None, nested: bool = False) -> dict[str, Any]:
     """Processor output for a batch, LEFT-padded so that generation appends at the same column."""
     processor.tokenizer.padding_side = "left"
@@ -123,7 +117,7 @@ class VlmCollate:
     square_colour: tuple[int, ...] | None = None  # image_mode "pad": LLaVA-1.5's square padding
 
     def __call__(self, samples: Sequence[Any]) -> Batch:
-        images = [_load_image(Path(s.path)) for s in samples]
+        images = [load_image(Path(s.path)) for s in samples]
         if self.square_colour is not None:
             images = [pad_to_square(i, self.square_colour) for i in images]
         texts = None if self.prompt_text is None else [self.prompt_text] * len(samples)
@@ -136,7 +130,7 @@ def load_processor(model: str, model_type: str, what: str, field: str) -> Any:
     """AutoProcessor, or the family's class without its video half where torchvision is missing."""
     from transformers import AutoProcessor
 
-    from bench.backends._processors import image_only, needs_image_only, processor_class_for
+    from bench.models.processors import image_only, needs_image_only, processor_class_for
 
     processor_class = processor_class_for(model_type)
     if processor_class is None or not needs_image_only(processor_class):
@@ -176,13 +170,10 @@ class RowEnd:
     ended_with_eos: bool
 
 
-@register_backend("vlm")
 class VlmCaptioner(Captioner):
-    # No default: a `vlm` setting names its model (`bench run --prompt P --model ID_OR_DIR`).
-    default_model = None
-    supports_lora = False
-    default_max_new_tokens = 64
-    default_options: ClassVar[dict[str, object]] = {"image_mode": "auto"}
+    # No default model (bench.backends.table): a `vlm` setting names its model
+    # (`bench run --prompt P --model ID_OR_DIR`).
+    name: ClassVar[str] = "vlm"
 
     model: Any
     processor: Any
@@ -196,7 +187,7 @@ class VlmCaptioner(Captioner):
     @classmethod
     def load(
         cls, model_cfg: ModelConfig, device: torch.device, prompt: str | PromptTemplate | None = None,
-        for_lora: bool = False,
+        *, for_lora: bool = False,
     ) -> "VlmCaptioner":
         """`for_lora` (a VLM LoRA run) changes nothing here: 4-/8-bit loading already keeps the
         vision tower, projector and lm_head in full precision (the family's quant_skip_modules),
@@ -239,13 +230,6 @@ class VlmCaptioner(Captioner):
             model = model.to(device)
         model.generation_config = token_ids_only(model.generation_config)
         return model.eval()
-
-    @staticmethod
-    def build_tiny(out_dir: Path, seed: int = 0) -> Path:
-        """The tiny LLaVA-1.5; the other families: `bench.tiny.vlm.build_tiny_vlm(family, ...)`."""
-        from bench.tiny.vlm import build_tiny_vlm
-
-        return build_tiny_vlm("llava", Path(out_dir), seed)
 
     def torch_module(self) -> torch.nn.Module:
         return self.model

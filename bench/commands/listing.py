@@ -1,6 +1,6 @@
 """`bench list [settings|prompts|datasets|runs|backends]`: what exists, as rich tables.
 
-Nothing here imports torch: backends are read from their source (`bench.settings.backend_catalog`).
+Nothing here imports torch: backends are rows of `bench.backends.table`.
 A broken file is shown as a row with its error instead of hiding the rest of the list.
 """
 
@@ -82,7 +82,7 @@ def datasets_table() -> Table:
     """Declared datasets; only their TOML is read (loading one may generate synthetic data)."""
     import tomllib
 
-    from bench.data import dataset_path, list_datasets
+    from bench.data.dataset import dataset_path, list_datasets
 
     table = Table(title=f"datasets ({escape(_label(paths.datasets_dir()))})", header_style="bold")
     table.add_column("name", no_wrap=True)
@@ -129,9 +129,9 @@ def runs_table() -> Table:
 
 
 def backends_table() -> Table:
-    from bench.settings import backend_catalog, ordered_backends
+    from bench.backends.table import backend_table, ordered_backends
 
-    catalog = backend_catalog()
+    catalog = backend_table()
     table = Table(title="backends", header_style="bold")
     table.add_column("name", no_wrap=True)
     for col in ("kind", "default model", "module"):

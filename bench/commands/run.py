@@ -68,10 +68,10 @@ def _settings_for(
 
 def _plans(settings: list[Any], backend: str | None, data: str | None, limit: int | None) -> list[Any]:
     from bench.run import plan_run
-    from bench.settings import backend_catalog
+    from bench.backends.table import backend_table
 
-    if backend is not None and backend not in backend_catalog():
-        raise BenchError(f"--backend {backend}: unknown backend; available: {', '.join(sorted(backend_catalog()))}")
+    if backend is not None and backend not in backend_table():
+        raise BenchError(f"--backend {backend}: unknown backend; available: {', '.join(sorted(backend_table()))}")
     splits: dict[Any, Any] = {}
     plans = []
     for s in settings:

@@ -14,11 +14,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from bench.config import DEFAULT_CLIP_MODEL
 from bench.errors import BenchError
 from bench.scoring.metrics import default_families, families, image_families
 
 DEFAULT_METRICS = ",".join(default_families())
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 
 
 def _examples(ids: list[str], n: int = 3) -> str:
@@ -68,7 +68,7 @@ def match_ids(
 
 def image_paths(images_dir: Path, entries: dict[str, Any]) -> dict[str, Path]:
     """The image file of every scored id inside images_dir; a missing file is an error."""
-    from bench.data import image_path
+    from bench.data.dataset import image_path
 
     if not images_dir.is_dir():
         raise BenchError(f"--images {images_dir}: folder not found")
@@ -250,7 +250,7 @@ def score(
     predictions: PredictionsArg,
     refs: RefsOption,
     images: ImagesOption = None,
-    clip_model: ClipModelOption = DEFAULT_CLIP,
+    clip_model: ClipModelOption = DEFAULT_CLIP_MODEL,
     metrics: MetricsOption = DEFAULT_METRICS,
     as_json: JsonOption = False,
     per_image: PerImageOption = None,

@@ -104,14 +104,14 @@ def build_captioner(name: str, folder: Path, source: Sequence[Any], profile: Pro
     """Build, pretrain on the source world and save one demo captioner; returns its manifest."""
     import torch
 
-    from bench.backends import get_backend
+    from bench.backends import backend_class
     from bench.config import ModelConfig
 
     tmp = _fresh_tmp(folder)
     _build_tiny(name, tmp, corpus)
     torch.manual_seed(SEED)
     # Loaded through the backend like any checkpoint, so pretraining sees what runs will see.
-    captioner = get_backend(name).load(ModelConfig(model=str(tmp)), torch.device("cpu"), prompt=None)
+    captioner = backend_class(name).load(ModelConfig(model=str(tmp)), torch.device("cpu"), prompt=None)
     start = time.perf_counter()
     losses = PRETRAIN[name](captioner, source, profile, console, progress)
     _save_captioner(name, captioner, tmp)

@@ -80,7 +80,7 @@ def _pairs(samples: Sequence[Any]) -> list[tuple[int, str]]:
 
 
 def _pretrain_vit_gpt2(captioner: Any, source: Sequence[Any], profile: Profile, console: Any, progress: bool) -> list[float]:
-    from bench.backends._lora import labels_from
+    from bench.models.collate import labels_from
 
     pixels = pixels_of(captioner.processor, source)
     pairs = _pairs(source)
@@ -94,9 +94,15 @@ def _pretrain_vit_gpt2(captioner: Any, source: Sequence[Any], profile: Profile, 
         labels = labels_from(tok, [c for _, c in chosen], tok.eos_token_id, 64)
         return captioner.loss({"pixel_values": pixels[[i for i, _ in chosen]], "labels": labels})
 
+    return _optimize_trainable(model, step_loss, len(pairs), "pretrain vit-gpt2", profile, console, progress)
+
+
+def _optimize_trainable(model: Any, step_loss: Any, n: int, label: str, profile: Profile, console: Any,
+                        progress: bool) -> list[float]:
+    """The profile's pretraining steps on every trainable parameter of `model`, left in eval mode."""
     params = [p for p in model.parameters() if p.requires_grad]
-    losses = optimize(params, step_loss, len(pairs), profile.pretrain_steps, profile.pretrain_lr,
-                      profile.batch_size, "pretrain vit-gpt2", console, progress)
+    losses = optimize(params, step_loss, n, profile.pretrain_steps, profile.pretrain_lr,
+                      profile.batch_size, label, console, progress)
     model.eval()
     return losses
 
@@ -106,7 +112,7 @@ def _pretrain_clip_flan_t5(captioner: Any, source: Sequence[Any], profile: Profi
     initialisation, which is what every later load starts from (it is trained with the LoRA)."""
     import torch
 
-    from bench.backends._lora import labels_from
+    from bench.models.collate import labels_from
 
     pixels = pixels_of(captioner.processor, source)
     pairs = _pairs(source)
@@ -126,11 +132,7 @@ def _pretrain_clip_flan_t5(captioner: Any, source: Sequence[Any], profile: Profi
         mask = torch.ones(embeds.shape[:2], dtype=torch.long)
         return model.t5(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    losses = optimize(params, step_loss, len(pairs), profile.pretrain_steps, profile.pretrain_lr,
-                      profile.batch_size, "pretrain clip-flan-t5", console, progress)
-    model.eval()
-    return losses
+    return _optimize_trainable(model, step_loss, len(pairs), "pretrain clip-flan-t5", profile, console, progress)
 
 
 def _pretrain_llava(captioner: Any, source: Sequence[Any], profile: Profile, console: Any, progress: bool) -> list[float]:
@@ -176,11 +178,7 @@ def _pretrain_llava(captioner: Any, source: Sequence[Any], profile: Profile, con
         batch_pixels = pixels[[pairs[int(k)][0] for k in indices]].to(captioner.dtype)
         return model(input_ids=input_ids, attention_mask=mask, pixel_values=batch_pixels, labels=labels).loss
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    losses = optimize(params, step_loss, len(pairs), profile.pretrain_steps, profile.pretrain_lr,
-                      profile.batch_size, "pretrain llava", console, progress)
-    model.eval()
-    return losses
+    return _optimize_trainable(model, step_loss, len(pairs), "pretrain llava", profile, console, progress)
 
 
 PRETRAIN: dict[str, Callable[..., list[float]]] = {

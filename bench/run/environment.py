@@ -15,33 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import paths
-from bench.errors import BenchError
 
 VERSIONED_PACKAGES: tuple[str, ...] = (
     "torch", "transformers", "peft", "accelerate", "bitsandbytes", "pycocoevalcap", "safetensors", "tokenizers",
 )
 _PROC_STATUS = Path("/proc/self/status")
 _PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-def resolve_device(name: str) -> Any:
-    """`auto` picks cuda, then mps, then cpu; an unavailable explicit device is an error."""
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda: CUDA is not available on this machine (use --device auto or cpu)")
-    if name == "mps" and not (mps and mps.is_available()):
-        raise BenchError("--device mps: MPS is not available on this machine (use --device auto or cpu)")
-    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise BenchError(f"--device {name}: must be auto, cpu, cuda or mps")
-    return torch.device(name)
 
 
 def cpu_thread_budget(cores: int, workers: int, processes: int = 1) -> int:

@@ -22,7 +22,8 @@ from typing import Any
 from bench.distributed import Dist, detect
 from bench.errors import BenchError
 from bench.io import exclusive_lock
-from bench.run.environment import cpu_threads, free_memory, reset_peak_memory, resolve_device
+from bench.device import resolve_device
+from bench.run.environment import cpu_threads, free_memory, reset_peak_memory
 from bench.run.folder import CaptionRecord, MetricsRecord, RunFolder, StageState, TrainRecord
 from bench.run.plan import RunPlan, run_label
 from bench.run.registry import cached_results, remove_stale_temps, start_run
@@ -96,7 +97,7 @@ def load_and_train(run: RunContext) -> Any:
     """The backend's captioner; for LoRA backends with its adapter trained (resumed if killed)."""
     import torch
 
-    from bench.backends import get_backend
+    from bench.backends import backend_class
 
     plan, setting = run.plan, run.plan.setting
     model_cfg = setting.models[plan.backend]
@@ -105,16 +106,15 @@ def load_and_train(run: RunContext) -> Any:
     torch.manual_seed(setting.seed)  # LoRA init is random: seed it so a run is reproducible
     with blame(setting.source):
         # A VLM about to be LoRA-trained loads for it (QLoRA keeps its vision tower unquantized).
-        for_lora = {"for_lora": True} if setting.vlm_lora else {}
-        captioner = get_backend(plan.backend).load(model_cfg, run.device, prompt=plan.prompt, **for_lora)
+        captioner = backend_class(plan.backend).load(model_cfg, run.device, prompt=plan.prompt, for_lora=setting.vlm_lora)
         if plan.kind == "lora":
             captioner.add_lora(setting.lora)
     # Model loading (imports included) summed over sessions: `make bench` breaks the run down by it.
     run.state.load_s += time.perf_counter() - started
     if plan.kind != "lora":
-        resolved = getattr(captioner, "resolved_options", None)
+        resolved = captioner.resolved_options()
         if resolved is not None:  # family, prompt rule and image mode, for results.json and the report
-            run.state.model = resolved()
+            run.state.model = resolved
             run.save_state()
         return captioner
     from bench import training

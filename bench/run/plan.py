@@ -18,7 +18,7 @@ from bench import paths
 from bench.config import TRANSPORT_FIELDS, TRANSPORT_OPTIONS, Setting
 from bench.data.types import Sample, Split
 from bench.errors import BenchError
-from bench.settings import backend_catalog, is_lora_backend
+from bench.backends.table import backend_spec, is_lora_backend
 
 # Config keys that label a run without changing its outputs: editing them is no reason to recompute.
 _LABEL_KEYS: tuple[str, ...] = ("name", "source", "group", "description", "backends", "models", "cost")
@@ -60,9 +60,9 @@ def _jsonable(obj: Any) -> Any:
 
 
 def with_backend_defaults(setting: Setting, backend: str) -> Setting:
-    """The backend's defaults made explicit, so config.json says what ran: max_new_tokens (64 for
-    zero-shot VLMs, 30 for the LoRA captioners) and default options (`image_mode = "auto"`)."""
-    info = backend_catalog()[backend]
+    """The backend's defaults (its row in bench.backends.table) made explicit, so config.json says
+    what ran: max_new_tokens and default options (`image_mode = "auto"` for the VLMs)."""
+    info = backend_spec(backend)
     gen = setting.generation
     if gen.max_new_tokens is None:
         gen = dataclasses.replace(gen, max_new_tokens=info.default_max_new_tokens)

@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from bench.config import DEFAULT_CLIP_MODEL  # re-exported by bench.scoring
+from bench.device import resolve_device
 from bench.errors import BenchError
 from bench.scoring.clip_inputs import ClipTokens, reference_pixels
 
 CLIP_PREFIX = "A photo depicts"
 CLIP_WEIGHT = 2.5
-DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 
 
 def prefixed(text: str, prefix: str = CLIP_PREFIX) -> str:
@@ -76,21 +77,6 @@ class ClipScores:
 ProgressHook = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
 
 
-def resolve_device(device: str) -> str:
-    """"auto" -> cuda when available, else cpu; any torch device string ("cuda:1") is accepted."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError) as exc:
-        raise BenchError(f"--device must be auto, cpu or cuda, got {device!r}") from exc
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise BenchError(f"--device {device}: no CUDA device is available; use --device cpu or auto")
-    return device
-
-
 class ClipScorer:
     """Loads one CLIP (lazily, once) and scores many caption sets with it."""
 
@@ -110,7 +96,7 @@ class ClipScorer:
         if self._model is not None:
             return
         self._model, self._processor = _from_pretrained(self.model_name)
-        self._device = resolve_device(self.device_request)
+        self._device = str(resolve_device(self.device_request))
         self._model = self._model.to(self._device).eval()
 
     @property

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.backends._caption_text import postprocess_caption
+from bench.models.caption_text import postprocess_caption
 from bench.captioning import CaptionStats
 from bench.data.types import Sample
 from bench.io import append_records, read_records

@@ -13,8 +13,8 @@ from typing import Any
 
 from bench import paths
 from bench.config import Setting
+from bench.backends.table import backend_table, lora_backends, zero_shot_backends
 from bench.scoring.metrics import families
-from bench.settings.catalog import backend_catalog, lora_backends, zero_shot_backends
 from bench.settings.schema import (
     BASE_NAME,
     LORA_ONLY_SECTIONS,
@@ -108,7 +108,7 @@ def check_prompt(name: str, label: str) -> None:
 
 def semantic_checks(merged: dict[str, Any], prov: Provenance, label: str) -> tuple[str, ...]:
     """Checks across keys; returns the setting's backends."""
-    catalog = backend_catalog()
+    catalog = backend_table()
 
     def where(key: str) -> str:
         return prov.get(key, label)

@@ -26,7 +26,7 @@ from bench.config import (
     TrainConfig,
 )
 from bench.errors import BenchError
-from bench.settings.catalog import backend_catalog
+from bench.backends.table import backend_table
 
 BASE_NAME = "base"
 # Tables of a setting file and the dataclass each one is checked against.
@@ -165,7 +165,7 @@ def check_file(raw: dict[str, Any], label: str, base_dir: Path) -> dict[str, Any
 def _check_models(raw: Any, label: str, base_dir: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise file_error(label, "models must be a table of [models.<backend>] tables")
-    catalog = backend_catalog()
+    catalog = backend_table()
     out: dict[str, Any] = {}
     for backend, table in raw.items():
         if backend not in catalog:

@@ -1,4 +1,4 @@
-"""Small local tokenizers and chat templates for the tiny vision-language models of `bench.tiny.vlm`.
+"""Small local tokenizers and chat templates for the tiny vision-language models of `bench.testing.vlm`.
 
 Each family gets its own tokenizer class (Llama, Qwen2, Gemma, BERT) with the family's special
 tokens (image placeholders, turn markers, pad/eos) registered as special tokens, and the chat

@@ -216,3 +216,39 @@ def trace_of(
         image_mass=[mass[k] for k in keep],
         positions=positions,
     )
+
+
+def cross_attention_traces(
+    tokenizer: Any, generated: Sequence[Sequence[int]], captions: Sequence[str | None], *, start: int, stop: set[int],
+    forward: Callable[[int, torch.Tensor], Any], eager_model: Any, layers: Sequence[torch.nn.Module],
+    weights_index: int, grid: tuple[int, int], where: str, device: Any,
+) -> list[CapturedTrace]:
+    """Traces of an encoder-decoder captioner: per image row, the decoder re-fed the caption's
+    tokens once (teacher forcing) with its cross-attention over the image patches captured.
+
+    `forward(row, decoder_input_ids)` runs the model on that row; the encoder's first position
+    (CLS) is dropped and each map renormalised over the `grid` patches that follow it.
+    """
+    n_patches = grid[0] * grid[1]
+
+    def decode(ids: Sequence[int]) -> str:
+        return one_line(tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    def tokenize(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    traces: list[CapturedTrace] = []
+    for i in range(len(generated)):
+        ids, source = choose_tokens(cut_at_eos(generated[i][1:], stop), captions[i], decode, tokenize)
+        maps: list[torch.Tensor] = []
+        mass: list[float] = []
+        if ids:
+            # Row t of the decoder input predicts caption token t: feed start + tokens[:-1].
+            inputs = torch.tensor([[start] + ids[:-1]], device=device)
+            with eager_attention(eager_model):
+                maps, mass = trace_forward(
+                    lambda: forward(i, inputs), layers, weights_index, slice(None), slice(1, 1 + n_patches), 1 + n_patches,
+                )
+        caption = captions[i] if captions[i] is not None else decode(ids)
+        traces.append(trace_of(tokenizer, caption, ids, maps, mass, grid, source, where))
+    return traces

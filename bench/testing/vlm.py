@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from bench.tiny import vlm_text
+from bench.testing import vlm_text
 
 IMAGE = 32  # pixels of a vision-tower input (a tile, for the tiling families)
 PATCH = 8
@@ -93,7 +93,7 @@ def build_qwen2_vl(out_dir: Path, seed: int) -> Path:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
-    from bench.backends._processors import image_only, needs_image_only
+    from bench.models.processors import image_only, needs_image_only
 
     tok = vlm_text.qwen2_tokenizer(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
     image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)

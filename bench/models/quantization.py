@@ -1,7 +1,7 @@
 """Device precision and 4-bit/8-bit quantization of the zero-shot backends (bitsandbytes, CUDA only).
 
 Quantization applies to the language model only: the vision tower, the projector and lm_head stay
-in bf16/fp16 (`llm_int8_skip_modules`, named per family in `bench.backends._families`), as
+in bf16/fp16 (`llm_int8_skip_modules`, named per family in `bench.models.vlm_families`), as
 LLaVA's own 4-bit/8-bit loader does; a quantized vision tower or output head costs accuracy and
 saves little memory.
 """

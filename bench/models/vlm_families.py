@@ -75,7 +75,7 @@ def family_for(model_type: str, has_chat_template: bool, what: str) -> Family:
         return Family(model_type)
     raise BenchError(
         f"{what}: its processor has no chat template and bench has no prompt rule for model_type "
-        f"{model_type!r} without one (rules: {', '.join(sorted(FAMILIES))}); add one to bench/backends/_families.py"
+        f"{model_type!r} without one (rules: {', '.join(sorted(FAMILIES))}); add one to bench/models/vlm_families.py"
     )
 
 

@@ -29,16 +29,10 @@ from typing import Any
 
 import torch
 
-from bench.backends._lora import (
-    add_peft,
-    check_adapter_dir,
-    load_peft_adapter,
-    peft_lora_config,
-    resolve_targets,
-    save_peft_adapter,
-    write_dir_atomically,
-)
 from bench.config import LoraConfig
+from bench.data import load_image
+from bench.models.adapters import AdapterMixin
+from bench.models.lora_targets import add_peft, peft_lora_config, resolve_targets
 from bench.errors import BenchError
 
 IGNORE = -100  # label of a token the loss skips (transformers' CrossEntropy ignore_index)
@@ -144,12 +138,6 @@ def end_of_turn_id(model: Any, tokenizer: Any) -> int:
     return int(eos)
 
 
-def _load_image(path: Path) -> Any:
-    from bench.data import load_image  # in the DataLoader worker: validated decoding
-
-    return load_image(path)
-
-
 @dataclass
 class VlmTrainCollate:
     """(Sample, caption) pairs -> input_ids, attention_mask, labels, the processor's image tensors.
@@ -166,7 +154,7 @@ class VlmTrainCollate:
     max_length: int | None = None
 
     def __call__(self, pairs: Sequence[tuple[Any, str]]) -> dict[str, Any]:
-        images = [_load_image(Path(sample.path)) for sample, _ in pairs]
+        images = [load_image(Path(sample.path)) for sample, _ in pairs]
         tok = self.processor.tokenizer
         check_image_slot(tok, self.prompt_text, self.image_token_id)
         tok.padding_side = "left"  # as captioning encodes; padding is stripped per row below
@@ -241,7 +229,7 @@ def caption_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 # --- the Captioner side -------------------------------------------------------------------------------
 
-class VlmLoraMixin:
+class VlmLoraMixin(AdapterMixin):
     """LoRA training methods for a zero-shot VLM captioner (see the module docstring)."""
 
     model: Any
@@ -278,16 +266,8 @@ class VlmLoraMixin:
                 inputs[key] = value.to(self.dtype) if value.is_floating_point() else value
         return caption_loss(self.model, inputs)
 
-    def save_adapter(self, out_dir: Path) -> None:
-        if self.peft_model is None:
-            raise BenchError(f"{out_dir}: no LoRA adapter to save (add_lora first)")
-        write_dir_atomically(Path(out_dir), lambda tmp: save_peft_adapter(self.peft_model, tmp, self.name))
-
-    def load_adapter(self, adapter_dir: Path) -> None:
-        """Apply a saved adapter to the base, unmerged (LoRA layers stay separate from the weights)."""
-        check_adapter_dir(Path(adapter_dir), self.name)
-        self.peft_model = load_peft_adapter(self.model, self.peft_model, Path(adapter_dir))
-        if not is_quantized(self.model):
+    def after_adapter_load(self) -> None:
+        if not is_quantized(self.model):  # quantized weights stay where they were loaded
             self.model.to(self.device)
 
 
