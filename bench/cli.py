@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from bench.commands import attend, compare, data, demo, listing, meta, run, score
+from bench.commands import attend, compare, data, demo, listing, meta, run, score, serve
 from bench.errors import BenchError
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ app.command("list")(listing.list_)
 app.command("attend")(attend.attend)
 app.command("demo")(demo.demo)
 app.command("meta")(meta.meta)
+app.command("serve-command")(serve.serve_command)
 app.add_typer(data.app, name="data")
 
 

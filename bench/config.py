@@ -87,6 +87,26 @@ class ModelConfig:
     options: dict[str, object] = field(default_factory=dict)
     # A sweep (zero-shot backends): one run per model here, each with the options above.
     models: tuple[str, ...] = ()
+    # The `openai` backend (bench.backends.served): the endpoint serving `model`, and the
+    # environment variable holding its key (the key itself is never in a file). Empty otherwise.
+    base_url: str = ""
+    api_key_env: str = ""
+
+
+# Where and how to reach an endpoint, not what it computes: a run's identity leaves them out, so
+# a server on another port or a higher concurrency reuses the finished run.
+TRANSPORT_FIELDS: tuple[str, ...] = ("base_url", "api_key_env")
+TRANSPORT_OPTIONS: tuple[str, ...] = ("max_concurrency", "timeout_s", "max_retry_s")
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """Prices that turn a run's tokens or time into $ per 1,000 captions (bench.cost); unset: no
+    $ figure. Labels only: a price change never recomputes a run."""
+
+    usd_per_million_input: float | None = None  # hosted APIs: per million prompt tokens
+    usd_per_million_output: float | None = None  # per million completion tokens
+    usd_per_hour: float | None = None  # local runs: the GPU (or CPU) machine's hourly price
 
 
 @dataclass(frozen=True)
@@ -108,6 +128,7 @@ class Setting:
     train: TrainConfig = TrainConfig()
     generation: GenerationConfig = GenerationConfig()
     scoring: ScoringConfig = ScoringConfig()
+    cost: CostConfig = CostConfig()
     prompt: str | None = None  # name of a prompts/*.toml file (zero-shot backends)
     prompts: tuple[str, ...] = ()  # a sweep: one run per prompt (bench.sweep expands it)
     seed: int = 0

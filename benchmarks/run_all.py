@@ -12,6 +12,7 @@ Sections (each measures its figure side by side with its baseline in this same r
                  at reduced depth): images/s, CPU seconds per image and peak memory;
 - explorer.py    the HTML explorer of 5,000 images x 10 runs in headless Chromium: first render,
                  re-sort, HTML and thumbnail sizes.
+- served.py      captioning through an OpenAI-compatible endpoint at concurrency 16 vs 1.
 
 A section whose module declares NEEDS_SHARED_DATA / NEEDS_SHARED_MODELS (paths under
 BENCH_SHARED_DATA / BENCH_SHARED_MODELS) is skipped, and named in the report, when one is absent:
@@ -160,6 +161,9 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             + (f", {v['new_tokens']} new tokens" if "new_tokens" in v else ", CLIPScore + RefCLIPScore")
             + f"; {v['cpu_s_per_image']} CPU s/image, load average {v['load_average_at_start']}",
         ))
+    from benchmarks.served import summary_rows as served_rows
+
+    rows += served_rows(r)
     gpu = r.get("llava_7b_gpu") or {}
     if gpu.get("gpu"):
         for row in gpu["rows"]:
@@ -339,7 +343,7 @@ def main() -> None:
     from rich.table import Table
 
     from bench.io import atomic_write_json, atomic_write_text
-    from benchmarks import bootstrap, captioning, compare_scale, explorer, harness, real_architectures, scoring
+    from benchmarks import bootstrap, captioning, compare_scale, explorer, harness, real_architectures, scoring, served
 
     start = time.perf_counter()
     results: dict[str, Any] = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
@@ -353,6 +357,7 @@ def main() -> None:
     real_models = ("vit-gpt2", "clipscore") if args.quick else real_architectures.MODELS
     results.update(_section("real_architectures", lambda: real_architectures.run(real_models), errors))
     results.update(_section("explorer", lambda: explorer.run(500 if args.quick else 5000, 10, 1 if args.quick else 3), errors))
+    results.update(_section("served", lambda: served.run(8 if args.quick else served.IMAGES, gpu=not args.quick), errors))
     results["make_bench_seconds"] = round(time.perf_counter() - start, 1)
     results["quick"] = bool(args.quick)
     results["errors"] = errors

@@ -75,7 +75,7 @@ def test_a_row_whose_class_has_another_name_is_refused(monkeypatch: pytest.Monke
 
 
 def test_unknown_backend_is_a_one_line_error() -> None:
-    with pytest.raises(BenchError, match=r"^unknown backend 'nope'; available: clip-flan-t5, llava, vit-gpt2, vlm$"):
+    with pytest.raises(BenchError, match=r"^unknown backend 'nope'; available: clip-flan-t5, llava, openai, vit-gpt2, vlm$"):
         backend_spec("nope")
 
 

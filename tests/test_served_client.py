@@ -22,7 +22,7 @@ from bench.served.client import (
 )
 from bench.testing.openai_server import Fault, OpenAIServer, ScriptedAnswerer
 
-FAST = RetryPolicy(max_retry_s=1.5, initial_backoff_s=0.01, max_backoff_s=0.05)
+FAST = RetryPolicy(max_retry_s=3.0, initial_backoff_s=0.01, max_backoff_s=0.05)
 TRANSIENT = ["429", "500", "503", "slow", "drop", "malformed", "empty"]
 
 
@@ -33,7 +33,8 @@ def request(key: str, image: bytes = b"image-bytes", model: str = "tiny-vlm") ->
 
 
 def config(server: OpenAIServer, **kw: object) -> ClientConfig:
-    values: dict[str, object] = {"timeout_s": 0.4, "max_concurrency": 4, "retry": FAST, **kw}
+    # 1 s per attempt: well above a loaded machine's answer time, below the "slow" fault's 2 s
+    values: dict[str, object] = {"timeout_s": 1.0, "max_concurrency": 4, "retry": FAST, **kw}
     return ClientConfig(server.base_url, **values)  # type: ignore[arg-type]
 
 
@@ -45,7 +46,7 @@ def server():
 
 @pytest.mark.parametrize("kind", TRANSIENT)
 def test_a_transient_fault_is_retried_to_success(server: OpenAIServer, kind: str) -> None:
-    server.faults.append(Fault(kind, times=1, delay_s=1.0))
+    server.faults.append(Fault(kind, times=1, delay_s=2.0))
     [result] = run_chats(config(server), [request("img1")])
     assert result.ok, result.reason
     assert result.attempts == 2
@@ -55,8 +56,8 @@ def test_a_transient_fault_is_retried_to_success(server: OpenAIServer, kind: str
 
 @pytest.mark.parametrize("kind", TRANSIENT)
 def test_a_fault_that_never_clears_is_recorded_as_failed(server: OpenAIServer, kind: str) -> None:
-    server.faults.append(Fault(kind, times=None, delay_s=1.0))
-    policy = RetryPolicy(max_retry_s=0.6, initial_backoff_s=0.02, max_backoff_s=0.05)
+    server.faults.append(Fault(kind, times=None, delay_s=2.0))
+    policy = RetryPolicy(max_retry_s=1.2, initial_backoff_s=0.02, max_backoff_s=0.05)
     [result] = run_chats(config(server, retry=policy), [request("img1")])
     assert not result.ok and result.text is None
     assert "gave up" in (result.reason or "") and "\n" not in (result.reason or "")
@@ -146,3 +147,32 @@ def test_retry_after_header_forms() -> None:
     date = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 25 <= (retry_after_s({"retry-after": date}) or 0) <= 31
     assert retry_after_s({"retry-after": "soon"}) is None and retry_after_s({}) is None
+
+
+def test_requests_are_read_lazily_one_per_free_worker() -> None:
+    # A generator that encodes an image per request holds at most max_concurrency of them.
+    with OpenAIServer(ScriptedAnswerer(), latency_s=0.05) as server:
+        taken: list[int] = []
+        finished: list[int] = []
+
+        def requests():
+            for i in range(10):
+                taken.append(i)
+                assert len(taken) - len(finished) <= 3  # never more than the workers ahead
+                yield request(f"img{i}", f"image {i}".encode())
+
+        results = run_chats(config(server, max_concurrency=3), requests(), on_result=lambda r: finished.append(1))
+    assert len(results) == 10 and all(r.ok for r in results)
+
+
+def test_a_reply_without_usage_is_unknown_tokens_not_zero(server: OpenAIServer, tmp_path) -> None:
+    from bench.served.records import append, summary
+
+    server.faults.append(Fault("no_usage", times=1))
+    first, second = run_chats(config(server, max_concurrency=1), [request("a"), request("b", b"other")])
+    assert first.ok and not first.usage_reported and second.usage_reported
+    path = tmp_path / "served.jsonl"
+    append(path, first, None)
+    append(path, second, None)
+    totals = summary(path, ["a", "b"])
+    assert totals["prompt_tokens"] is None and totals["prompt_tokens_per_image"] is None

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.backends import get_backend
-from bench.backends._caption_text import postprocess_caption
+from bench.backends import backend_class
+from bench.models.caption_text import postprocess_caption
 from bench.config import GenerationConfig, ModelConfig
 from bench.data.types import Sample
 from bench.prompts import load_prompt
@@ -34,7 +34,7 @@ def samples(shared_data: Path) -> list[Sample]:
 
 
 def in_process(model_dir: Path, prompt: Path, samples: list[Sample]) -> list[str]:
-    captioner = get_backend("vlm").load(ModelConfig(model=str(model_dir)), torch.device("cpu"), prompt=load_prompt(prompt))
+    captioner = backend_class("vlm").load(ModelConfig(model=str(model_dir)), torch.device("cpu"), prompt=load_prompt(prompt))
     batch = captioner.caption_collate()(samples)
     return captioner.generate(batch, GenerationConfig(max_new_tokens=MAX_NEW, batch_size=len(samples)))
 

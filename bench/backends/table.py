@@ -56,6 +56,9 @@ BACKENDS: dict[str, BackendSpec] = {
                     "llava-hf/llava-1.5-7b-hf", ZERO_SHOT_MAX_NEW_TOKENS, _VLM_OPTIONS, supports_vlm_lora=True),
         BackendSpec("vlm", "bench.backends.vlm:VlmCaptioner", "zero-shot",
                     None, ZERO_SHOT_MAX_NEW_TOKENS, _VLM_OPTIONS),
+        # Any OpenAI-compatible endpoint (vLLM, SGLang, llama.cpp, Ollama, hosted APIs): docs/served.md.
+        BackendSpec("openai", "bench.backends.served:ServedCaptioner", "zero-shot",
+                    None, ZERO_SHOT_MAX_NEW_TOKENS),
     )
 }
 

@@ -18,16 +18,32 @@ from bench.errors import BenchError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def _check_options(device: str, limit: int | None, workers: int) -> None:
+# Options of the endpoint backend and of job arrays (bench.backends.served, bench.shards).
+EndpointOption = Annotated[str | None, typer.Option(
+    "--endpoint", help="With --model: the OpenAI-compatible URL serving it (openai backend), e.g. http://127.0.0.1:8000/v1.")]
+KeyEnvOption = Annotated[str | None, typer.Option(
+    "--api-key-env", help="With --endpoint: the environment variable holding the endpoint's key.")]
+ShardOption = Annotated[str | None, typer.Option(
+    "--shard", help="I/N: run only the I-th of N deterministic shares of the planned runs (job arrays).")]
+
+
+def _check_device(device: str) -> None:
     if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise BenchError(f"--device {device}: must be one of {', '.join(DEVICES)} (or cuda:N)")
+
+
+def _check_flags(device: str, limit: int | None, workers: int) -> None:
+    _check_device(device)
     if limit is not None and limit < 1:
         raise BenchError(f"--limit must be >= 1 (got {limit})")
     if workers < 0:
         raise BenchError(f"--workers must be >= 0 (got {workers})")
 
 
-def _settings_for(setting: str | None, prompt: str | None, group: str | None, models: list[str] | None = None) -> list[Any]:
+def _settings_for(
+    setting: str | None, prompt: str | None, group: str | None, models: list[str] | None = None,
+    endpoint: str | None = None, api_key_env: str | None = None,
+) -> list[Any]:
     """The settings to run, sweeps expanded into one setting per (prompt, model)."""
     from bench.settings import expanded, load_setting, prompt_setting, settings_in_group
 
@@ -36,10 +52,17 @@ def _settings_for(setting: str | None, prompt: str | None, group: str | None, mo
         raise BenchError("bench run: give exactly one of --setting NAME, --prompt NAME or --group NAME")
     if models and not prompt:
         raise BenchError("bench run --model: give it with --prompt NAME (a setting names its models itself)")
+    if (endpoint or api_key_env) and not models:
+        flag = "--endpoint" if endpoint else "--api-key-env"
+        raise BenchError(f"bench run {flag}: give it with --prompt NAME --model SERVED_NAME")
+    if api_key_env and not endpoint:
+        raise BenchError("bench run --api-key-env: give it with --endpoint URL")
     if setting:
         return expanded([load_setting(setting)])
     if prompt:
-        return [prompt_setting(prompt, model=m) for m in models] if models else [prompt_setting(prompt)]
+        if models:
+            return [prompt_setting(prompt, model=m, endpoint=endpoint, api_key_env=api_key_env) for m in models]
+        return [prompt_setting(prompt)]
     return expanded(settings_in_group(group or ""))
 
 
@@ -56,8 +79,8 @@ def _with_flags(settings: list[Any], model: list[str] | None, clip_model: str | 
     out = []
     for s in settings:
         flags, scoring = dict(s.flags), s.scoring
-        if model:
-            flags["models.vlm.model"] = "--model"
+        if model:  # --model fills the vlm backend's model, or the openai backend's with --endpoint
+            flags["models.vlm.model"] = flags["models.openai.model"] = "--model"
         if clip_model is not None:
             if not clip_model.strip():
                 raise BenchError("--clip-model: give a hub id or a CLIP model folder")
@@ -90,6 +113,19 @@ def _plans(settings: list[Any], backend: str | None, data: str | None, limit: in
         plans.extend(plan_run(s, b, limit=limit, dataset=data, splits=splits) for b in backends)
     if not plans:
         raise BenchError(f"--backend {backend}: no setting of this group runs it")
+    return plans
+
+
+def _sharded(console: Console, shard: str | None, plan_all: Any) -> list[Any]:
+    """Every planned run, or with --shard I/N only the I-th share (bench.shards)."""
+    from bench.shards import parse_shard, shard_share
+
+    share = parse_shard(shard) if shard is not None else None  # a bad --shard fails before planning
+    plans = plan_all()
+    if share is None:
+        return plans
+    plans = shard_share(plans, *share)
+    console.print(f"shard {share[0]}/{share[1]}: {len(plans)} run(s): {', '.join(p.name for p in plans) or 'none'}")
     return plans
 
 
@@ -159,6 +195,7 @@ def run(
         list[str] | None,
         typer.Option("--model", "-m", help="With --prompt: this hub id or model folder on the vlm backend (run prompt-NAME--MODEL); repeat for several."),
     ] = None,
+    endpoint: EndpointOption = None, api_key_env: KeyEnvOption = None, shard: ShardOption = None,
     group: Annotated[str | None, typer.Option("--group", "-g", help="Run every setting of this group, in order.")] = None,
     backend: Annotated[str | None, typer.Option("--backend", "-b", help="Only this backend of the setting.")] = None,
     data: Annotated[str | None, typer.Option("--data", help="Dataset name or .toml path (overrides the setting).")] = None,
@@ -180,11 +217,12 @@ def run(
 
     # Under `accelerate launch` / torchrun every process runs this; rank 0 alone prints.
     console = Console(highlight=False, quiet=not is_main_process())
-    _check_options(device, limit, workers)
+    _check_flags(device, limit, workers)
     from bench.tracking import check_trackers
 
     trackers = check_trackers(log_with or [])  # a missing extra fails before any work
-    plans = _plans(_with_flags(_settings_for(setting, prompt, group, model), model, clip_model, metrics), backend, data, limit)
+    chosen = _with_flags(_settings_for(setting, prompt, group, model, endpoint, api_key_env), model, clip_model, metrics)
+    plans = _sharded(console, shard, lambda: _plans(chosen, backend, data, limit))
     done = []
     with ScorerPool() as scorers:  # CLIP and the METEOR JVM load once for all the runs of this command
         for plan in plans:

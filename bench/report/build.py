@@ -145,6 +145,15 @@ def _grid_md(section: Section, grid: list[int]) -> str:
     return table(pd.DataFrame(rows, columns=cols, dtype=object), "l" * len(cols))
 
 
+def _cost_figure_md(section: Section, path: Path, out: Path, written: list[figs.Written]) -> list[str]:
+    """The quality-vs-cost figure, where some run has a $ per 1,000 captions (bench.cost)."""
+    priced = figs.quality_vs_cost(section, path)
+    if priced is None:
+        return []
+    written.append(priced)
+    return [f"![quality vs $ per 1,000 captions]({link(_rel(priced.path, out.parent))})\n"]
+
+
 def _section_md(section: Section, index: int, several: bool, out: Path, fig_dir: Path,
                 written: list[figs.Written]) -> tuple[str, Table]:
     md: list[str] = [f"## {cell(_section_title(section, several), None)}\n"]
@@ -167,6 +176,7 @@ def _section_md(section: Section, index: int, several: bool, out: Path, fig_dir:
     bars = figs.metric_bars(section, fig_dir / f"{prefix}-metrics.png")
     written.append(bars)
     md.append(f"![metrics with 95% CIs]({link(_rel(bars.path, out.parent))})\n")
+    md.extend(_cost_figure_md(section, fig_dir / f"{prefix}-cost.png", out, written))
     lora = [r for r in section.runs if r.data.kind == "lora"]
     loss = figs.loss_curves(lora, fig_dir / f"{prefix}-loss.png")
     if loss is not None:

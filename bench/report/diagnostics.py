@@ -86,6 +86,9 @@ class Cost:
     images_per_s: float | None
     peak_rss_mb: float | None
     peak_cuda_mb: float | None
+    # results.json's cost block (bench.cost): endpoint tokens per image and $ per 1,000 captions
+    tokens_per_image: float | None = None
+    usd_per_1000: float | None = None
 
 
 def _num(obj: Any, key: str) -> float | None:
@@ -123,4 +126,6 @@ def cost(results: dict[str, Any]) -> Cost:
         images_per_s=_num(timings, "images_per_s"),
         peak_rss_mb=_num(memory, "peak_rss_mb"),
         peak_cuda_mb=_num(memory, "peak_cuda_mb"),
+        tokens_per_image=_num(results.get("cost"), "tokens_per_image"),
+        usd_per_1000=_num(results.get("cost"), "usd_per_1000_captions"),
     )

@@ -109,6 +109,51 @@ def metric_bars(section: Section, path: Path) -> Written:
     return _save(fig, path)
 
 
+COST_PANEL_IN = (4.0, 3.4)
+
+
+def quality_vs_cost(section: Section, path: Path) -> Written | None:
+    """One panel per headline metric: the metric against $ per 1,000 captions, one point per
+    run with a price (bench.cost), the Pareto front (no run cheaper and better) joined in red.
+    None when no run of the section has a $ figure."""
+    from bench.cost import pareto_front
+    from bench.scoring.metrics import spec
+
+    priced = [r for r in section.runs if r.cost.usd_per_1000 is not None]
+    metrics = [m for m in section.metrics_present() if any(m in r.values for r in priced)]
+    if not priced or not metrics:
+        return None
+    cols = min(3, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig = _new(COST_PANEL_IN[0] * cols, COST_PANEL_IN[1] * rows + 0.5)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, metric in zip(axes, metrics):
+        runs = [r for r in priced if metric in r.values]
+        x = [float(r.cost.usd_per_1000 or 0.0) for r in runs]
+        y = [float(r.values[metric]) for r in runs]
+        sign = 1.0 if spec(metric).higher_is_better else -1.0  # the metric table says which way is better
+        front = pareto_front(x, [sign * v for v in y])
+        ax.scatter(x, y, color=["#C44E52" if f else "#4C72B0" for f in front], zorder=3, s=24)
+        order = sorted((xi, yi) for xi, yi, f in zip(x, y, front) if f)
+        ax.plot([p[0] for p in order], [p[1] for p in order], color="#C44E52", lw=1, zorder=2)
+        for r, xi, yi in zip(runs, x, y):
+            _no_math(ax.annotate(_label(r.name, 28), (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points"))
+        positive = [v for v in x if v > 0]
+        if positive and len(positive) == len(x) and max(positive) / min(positive) > 20:
+            ax.set_xscale("log")  # hosted and local runs can differ by orders of magnitude
+        ax.margins(x=0.3, y=0.2)  # room for the run labels
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel("$ per 1,000 captions", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    title = fig.suptitle(f"{plain(section.dataset, 60)}: quality vs cost (red: Pareto front)", fontsize=11)
+    _no_math(title)
+    fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.5 / fig.get_size_inches()[1], bottom=0.12, wspace=0.3, hspace=0.5)
+    return _save(fig, path)
+
+
 def read_loss(path: Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path)

@@ -203,6 +203,8 @@ def cost_table(section: Section) -> Table:
         _Col("Captioning images/s", lambda r: _num(r.cost.images_per_s, ".2f"), lambda r: r.cost.images_per_s),
         _Col("Peak RSS MB", lambda r: _num(r.cost.peak_rss_mb, ",.0f"), lambda r: r.cost.peak_rss_mb, higher=False),
         _Col("Peak CUDA MB", lambda r: _num(r.cost.peak_cuda_mb, ",.0f"), lambda r: r.cost.peak_cuda_mb, higher=False),
+        _Col("Tokens/image", lambda r: _num(r.cost.tokens_per_image, ",.1f"), lambda r: r.cost.tokens_per_image, higher=False),
+        _Col("$ per 1,000 captions", lambda r: _num(r.cost.usd_per_1000, ",.4f"), lambda r: r.cost.usd_per_1000, higher=False),
     ]
     return _build("Cost", section.runs, cols)
 

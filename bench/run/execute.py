@@ -25,7 +25,7 @@ from bench.io import exclusive_lock
 from bench.device import resolve_device
 from bench.run.environment import cpu_threads, free_memory, reset_peak_memory
 from bench.run.folder import CaptionRecord, MetricsRecord, RunFolder, StageState, TrainRecord
-from bench.run.plan import RunPlan
+from bench.run.plan import RunPlan, run_label
 from bench.run.registry import cached_results, remove_stale_temps, start_run
 from bench.run.results import RunResult, build_results
 from bench.scoring.pool import ScorerPool
@@ -83,6 +83,8 @@ def check_models_available(plan: RunPlan) -> None:
         wanted.append((f"{plan.backend} vision_model", vision, f"models.{plan.backend}.options.vision_model"))
     if "clipscore" in setting.scoring.metrics:
         wanted.append(("CLIP model", setting.scoring.clip_model, "scoring.clip_model"))
+    if model_cfg.base_url:  # an endpoint's model id, not a file: its backend asks the endpoint
+        wanted = wanted[1:]
     for what, model, field in wanted:
         flag = setting.flags.get(field)  # a value from the command line: the error names the flag
         with blame(flag or setting.source):
@@ -164,11 +166,39 @@ def _caption_state(previous: CaptionRecord | None, stats: Sequence[Any]) -> Capt
     )
 
 
+def caption_via_endpoint(run: RunContext, captioner: Any, missing: int) -> None:
+    """An endpoint backend's own loop (bench.served.stream); images still failing after its
+    retries end the run with their ids, uncaptioned and unscored, for a re-run to retry."""
+    from bench.served.records import served_path, summary
+
+    plan = run.plan
+    model_cfg = plan.setting.models[plan.backend]
+    run.say(f"captioning {missing} of {len(plan.samples)} images through {escape(model_cfg.base_url)}")
+    outcome = captioner.caption_run(plan.samples, plan.setting.generation, plan.setting.seed, plan.run_dir,
+                                    progress=run.progress, console=run.console)
+    run.state.caption = _caption_state(run.state.caption, [outcome.stats])
+    endpoint = captioner.endpoint_for(plan.setting.generation, plan.setting.seed)
+    run.state.served = {
+        "base_url": endpoint.client.base_url, "model": endpoint.model, "api_key_env": model_cfg.api_key_env or None,
+        "decoding": endpoint.decoding(), **summary(served_path(plan.run_dir), [s.image_id for s in plan.samples]),
+    }
+    run.save_state()
+    if outcome.failed:
+        shown = "; ".join(f"{i} ({why})" for i, why in list(outcome.failed.items())[:3])
+        more = f"; and {len(outcome.failed) - 3} more (served.jsonl)" if len(outcome.failed) > 3 else ""
+        raise BenchError(
+            f"{run_label(plan.run_dir)}: {len(outcome.failed)} of {len(plan.samples)} images failed after retries "
+            f"and were not scored: {shown}{more}; run the same command again to retry only those"
+        )
+
+
 def caption(run: RunContext, captioner: Any, missing: int) -> None:
     """Caption the images missing from predictions.jsonl (each rank its shard)."""
     from bench import captioning  # looked up at call time: the fault tests wrap caption_samples
 
     plan = run.plan
+    if hasattr(captioner, "caption_run"):  # the model is behind an endpoint (bench.backends.served)
+        return caption_via_endpoint(run, captioner, missing)
     captioner.torch_module().eval()
     where = f" on {run.dist.world_size} processes" if run.dist.enabled else ""
     run.say(f"captioning {missing} of {len(plan.samples)} images (batch {plan.setting.generation.batch_size}){where}")

@@ -6,6 +6,7 @@ attend`, tracking and the tests all go through `RunFolder`).
     split.json         SplitRecord: dataset, fingerprint and the images scored, with references
     run_state.json     StageState: figures of the finished stages, carried across a resume
     predictions.jsonl  one checksummed caption record per image (bench.predictions_file)
+    served.jsonl       an endpoint run: one record per answer or failure (bench.served.records)
     metrics.json       MetricsRecord: corpus and per-image scores, METEOR statistics
     results.json       ResultsRecord: written last and atomically; its presence = complete
     tokens.json        derived: `bench compare`'s PTB tokens of the run (a cache, rebuilt at will)
@@ -45,8 +46,9 @@ SCHEMA_VERSION = 1
 
 CONFIG, SPLIT, STATE = "config.json", "split.json", "run_state.json"
 PREDICTIONS, METRICS, RESULTS, TOKENS = "predictions.jsonl", "metrics.json", "results.json", "tokens.json"
+SERVED = "served.jsonl"
 # Everything a run holds; --force removes all of it (after taking the lock) so nothing stale stays.
-RUN_FILES: tuple[str, ...] = (RESULTS, METRICS, PREDICTIONS, STATE, SPLIT, CONFIG, TOKENS)
+RUN_FILES: tuple[str, ...] = (RESULTS, METRICS, PREDICTIONS, SERVED, STATE, SPLIT, CONFIG, TOKENS)
 RUN_DIRS: tuple[str, ...] = ("train", "attend", "tracking")
 
 

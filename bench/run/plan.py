@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import paths
-from bench.config import Setting
+from bench.config import TRANSPORT_FIELDS, TRANSPORT_OPTIONS, Setting
 from bench.data.types import Sample, Split
 from bench.errors import BenchError
 from bench.backends.table import backend_spec, is_lora_backend
 
 # Config keys that label a run without changing its outputs: editing them is no reason to recompute.
-_LABEL_KEYS: tuple[str, ...] = ("name", "source", "group", "description", "backends", "models")
+_LABEL_KEYS: tuple[str, ...] = ("name", "source", "group", "description", "backends", "models", "cost")
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,11 @@ def _without_empty_sweep(config: dict[str, Any]) -> dict[str, Any]:
     for table in (config.get("model"), *config.get("models", {}).values()):
         if isinstance(table, dict) and not table.get("models"):
             table.pop("models", None)
+        for key in TRANSPORT_FIELDS:  # endpoint fields, empty for in-process backends
+            if isinstance(table, dict) and not table.get(key):
+                table.pop(key, None)
+    if not any(v is not None for v in (config.get("cost") or {}).values()):
+        config.pop("cost", None)  # no prices: the config.json of runs made before prices existed
     return config
 
 
@@ -107,6 +112,10 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     if config.get("kind") != "lora":  # zero-shot runs neither train nor use LoRA settings
         ident.pop("lora", None)
         ident.pop("train", None)
+    model = ident.get("model")
+    if isinstance(model, dict):  # where the endpoint is, not what it serves
+        options = {k: v for k, v in (model.get("options") or {}).items() if k not in TRANSPORT_OPTIONS}
+        ident["model"] = {**{k: v for k, v in model.items() if k not in TRANSPORT_FIELDS}, "options": options}
     if isinstance(ident.get("scoring"), dict):  # batch size changes speed, not scores
         ident["scoring"] = {k: v for k, v in ident["scoring"].items() if k != "clip_batch_size"}
     return ident

@@ -67,10 +67,12 @@ class StageState:
     model: dict[str, Any] | None = None  # zero-shot: what the backend resolved (family, image mode)
     train: TrainRecord | None = None
     caption: CaptionRecord | None = None
+    # an endpoint run (bench.backends.served): its requests' summary (bench.served.records)
+    served: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"load_s": self.load_s}
-        for key in ("model", "train", "caption"):
+        for key in ("model", "train", "caption", "served"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value if isinstance(value, dict) else asdict(value)
@@ -84,6 +86,7 @@ class StageState:
             model=obj.get("model"),
             train=TrainRecord(**_known(TrainRecord, train)) if isinstance(train, dict) else None,
             caption=CaptionRecord(**_known(CaptionRecord, caption)) if isinstance(caption, dict) else None,
+            served=obj.get("served") if isinstance(obj.get("served"), dict) else None,
         )
 
 
@@ -135,6 +138,11 @@ class ResultsRecord:
     fingerprint: str
     n_images: int
     n_truncated: int | None = None  # captions cut by max_new_tokens (None: not recorded)
+    # An endpoint run: images still failing (0 when complete), and what the server reported
+    # (model ids, fingerprints, tokens, decoding sent; bench.served.records).
+    n_failed: int | None = None
+    served: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None  # bench.cost: tokens per image, $ per 1,000 captions
     metrics: dict[str, float]
     params: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -148,7 +156,8 @@ class ResultsRecord:
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in ("image_mode", "model_resolved", "n_truncated", "memory", "device", "processes"):
+        for key in ("image_mode", "model_resolved", "n_truncated", "n_failed", "served", "cost", "memory", "device",
+                    "processes"):
             if out[key] is None:
                 del out[key]
         return out
@@ -250,8 +259,8 @@ def results_from_json(obj: Any, path: Path) -> ResultsRecord:
         raise BenchError(f"{path}: key 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
     setting = str(obj.get("setting") or run.split("/")[0])
     backend = str(obj.get("backend") or (run.split("/")[-1] if "/" in run else ""))
-    rest = {k: obj[k] for k in ("model_resolved", "n_truncated", "params", "memory", "device", "processes",
-                                "git_commit") if obj.get(k) is not None}
+    rest = {k: obj[k] for k in ("model_resolved", "n_truncated", "n_failed", "served", "cost", "params", "memory",
+                                "device", "processes", "git_commit") if obj.get(k) is not None}
     return ResultsRecord(
         run=run, setting=setting, backend=backend, kind=kind, dataset=dataset, fingerprint=fingerprint,
         prompt=_opt_str(obj, "prompt", path), prompt_text=_opt_str(obj, "prompt_text", path),

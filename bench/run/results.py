@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench.cost import run_cost
 from bench.run.environment import git_commit, library_versions, peak_memory
 from bench.run.folder import CaptionRecord, MetricsRecord, ResultsRecord, StageState, TrainRecord
 from bench.run.plan import RunPlan
@@ -78,6 +79,10 @@ def build_results(
         n_images=len(plan.samples),
         # Captions cut by generation.max_new_tokens without an end token (fragments, scored as is).
         n_truncated=int(state.caption.n_truncated if state.caption else 0),
+        # An endpoint run (bench.backends.served): server model ids, fingerprints, tokens, failures.
+        n_failed=int(state.served.get("n_failed", 0)) if state.served else None,
+        served=state.served,
+        cost=run_cost(setting.cost, state.served, (state.caption or CaptionRecord()).generate_s, len(plan.samples)),
         metrics=dict(scored.corpus),
         params=_params(state.train),
         timings=_timings(state, score_s),

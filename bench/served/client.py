@@ -98,6 +98,7 @@ class ChatResult:
     model: str | None = None  # the model id the server reports having used
     system_fingerprint: str | None = None
     usage: Usage = Usage()
+    usage_reported: bool = True  # False: the server sent no usage (tokens unknown, not zero)
     attempts: int = 1
     wait_s: float = 0.0  # seconds spent backing off
 
@@ -208,6 +209,7 @@ def _reply(request: ChatRequest, completion: Any, attempts: int, wait_s: float) 
         model=getattr(completion, "model", None),
         system_fingerprint=getattr(completion, "system_fingerprint", None),
         usage=Usage(int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)),
+        usage_reported=usage is not None,
         attempts=attempts,
         wait_s=wait_s,
     )
@@ -284,21 +286,28 @@ class ChatClient:
     ) -> list[ChatResult]:
         """Every request's result, in request order; `on_result` sees each as it arrives.
 
-        An EndpointError cancels the requests still pending and is raised."""
-        async def one(request: ChatRequest) -> ChatResult:
-            result = await self.complete(request)
-            if on_result is not None:
-                on_result(result)
-            return result
+        `requests` is read lazily, one request per free worker, so a generator that encodes an
+        image per request holds at most `max_concurrency` of them in memory. An EndpointError
+        (or an error raised by the generator) stops the other workers and is raised."""
+        source = iter(enumerate(requests))
+        results: dict[int, ChatResult] = {}
 
-        tasks = [asyncio.ensure_future(one(r)) for r in requests]
+        async def worker() -> None:
+            for index, request in source:  # one shared iterator: each request is taken once
+                result = await self.complete(request)
+                results[index] = result
+                if on_result is not None:
+                    on_result(result)
+
+        tasks = [asyncio.ensure_future(worker()) for _ in range(self.config.max_concurrency)]
         try:
-            return list(await asyncio.gather(*tasks))
+            await asyncio.gather(*tasks)
         except BaseException:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        return [results[i] for i in sorted(results)]
 
     async def model_ids(self) -> list[str]:
         """The ids `/v1/models` lists (one attempt; an EndpointError for a bad key)."""
@@ -308,7 +317,7 @@ class ChatClient:
             err = classify(exc)
             if isinstance(err, EndpointError):
                 raise EndpointError(self._scrub(str(err)), err.status) from None
-            raise BenchError(self._scrub(f"{self.config.base_url}/models: {getattr(err, 'reason', err)}")) from None
+            raise BenchError(self._scrub(f"GET /models: {getattr(err, 'reason', err)}")) from None
         return [m.id for m in page.data]
 
 

@@ -5,6 +5,7 @@ A failed check blames the most derived file among those that set the keys involv
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,11 @@ class Check:
 
 def range_checks(s: Setting) -> list[Check]:
     g, lo, t, d, sc = s.generation, s.lora, s.train, s.data, s.scoring
+    prices = [(f"cost.{k}", v) for k, v in dataclasses.asdict(s.cost).items()]
     return [
+        *(Check(key, v is None or v >= 0, f"must be >= 0 (got {v})") for key, v in prices),
+        Check("models.openai.base_url", "openai" not in s.backends or bool(getattr(s.models.get("openai"), "base_url", "")),
+              "is missing: the URL of the endpoint serving models.openai.model, e.g. http://127.0.0.1:8000/v1"),
         Check("lora.r", lo.r >= 1, f"must be >= 1 (got {lo.r})"),
         Check("lora.alpha", lo.alpha > 0, f"must be > 0 (got {lo.alpha})"),
         Check("lora.dropout", 0 <= lo.dropout < 1, f"must be in [0, 1) (got {lo.dropout})"),

@@ -52,6 +52,8 @@ def _build(merged: dict[str, Any], prov: Provenance, name: str, label: str, orde
                 quantization=table.get("quantization", "none"),
                 options=dict(table.get("options", {})),
                 models=sweep,
+                base_url=table.get("base_url", ""),
+                api_key_env=table.get("api_key_env", ""),
             )
     for backend in backends:
         if backend not in models:
@@ -88,9 +90,13 @@ def load_setting(name_or_path: str | Path) -> Setting:
     return _build(merged, prov, path.stem, file_label(path), [file_label(p) for p, _ in chain])
 
 
-def prompt_setting(prompt: str, *, base: str | Path = BASE_NAME, model: str | None = None) -> Setting:
+def prompt_setting(
+    prompt: str, *, base: str | Path = BASE_NAME, model: str | None = None, endpoint: str | None = None,
+    api_key_env: str | None = None,
+) -> Setting:
     """The zero-shot setting `bench run --prompt NAME [--model ID_OR_DIR]` runs: the base setting
-    with that prompt; with a model, on the `vlm` backend (run name prompt-NAME--MODEL)."""
+    with that prompt; with a model, on the `vlm` backend (run name prompt-NAME--MODEL); with an
+    endpoint too, on the `openai` backend: the model the endpoint serves under that name."""
     base_path = find_setting_file(base)
     chain = read_chain(base_path)
     merged, prov = merge_chain(chain)
@@ -111,9 +117,18 @@ def prompt_setting(prompt: str, *, base: str | Path = BASE_NAME, model: str | No
     if model is not None:
         if not model.strip():
             raise BenchError("bench run --model: give a hub id or a model folder")
-        merged["backends"] = ["vlm"]
-        merged.setdefault("models", {})["vlm"] = {"model": resolve_path_value(model, Path.cwd())}
-        merged["description"] = f"zero-shot {model} with prompt {prompt!r} (bench run --prompt --model)"
+        if endpoint:  # a served model's id is a name, never a path
+            table = dict(merged.get("models", {}).get("openai", {}))
+            table.update({"model": model, "base_url": endpoint})
+            if api_key_env:
+                table["api_key_env"] = api_key_env
+            merged["backends"] = ["openai"]
+            merged.setdefault("models", {})["openai"] = table
+            merged["description"] = f"zero-shot {model} served at {endpoint} with prompt {prompt!r} (bench run --endpoint)"
+        else:
+            merged["backends"] = ["vlm"]
+            merged.setdefault("models", {})["vlm"] = {"model": resolve_path_value(model, Path.cwd())}
+            merged["description"] = f"zero-shot {model} with prompt {prompt!r} (bench run --prompt --model)"
         name = f"{name}--{model_slug(model)}"
     order = [*(file_label(p) for p, _ in chain), label]
     return _build(merged, prov, name, file_label(base_path), order)

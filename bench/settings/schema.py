@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from bench import paths
 from bench.config import (
+    CostConfig,
     DataConfig,
     GenerationConfig,
     LoraConfig,
@@ -35,6 +36,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "generation": GenerationConfig,
     "scoring": ScoringConfig,
+    "cost": CostConfig,
 }
 # Top-level keys that are plain values (the rest of Setting is derived or a table).
 SCALARS: tuple[str, ...] = ("description", "group", "seed", "prompt", "prompts")

@@ -108,10 +108,10 @@ class TinyVlmAnswerer:
     def __init__(self, model_dir: str | Path, default_max_tokens: int = 64) -> None:
         import torch
 
-        from bench.backends import get_backend
+        from bench.backends import backend_class
         from bench.config import ModelConfig
 
-        self.captioner = get_backend("vlm").load(ModelConfig(model=str(model_dir)), torch.device("cpu"))
+        self.captioner = backend_class("vlm").load(ModelConfig(model=str(model_dir)), torch.device("cpu"))
         # The server returns all sentences; the client keeps as many as its prompt file says.
         self.captioner.template = replace(self.captioner.template, sentences=0)
         self.default_max_tokens = default_max_tokens
