@@ -31,6 +31,8 @@ LATENCY_S = 0.5
 CONCURRENCY = (1, 16)
 IMAGES = 32
 MAX_NEW_TOKENS = 8
+# The images sent are Flickr8k photos (run_all skips the section without them).
+NEEDS_SHARED_DATA = ("flickr8k-1k/captions.txt", "flickr8k-1k/images")
 
 
 def _caption(server: Any, samples: list[Any], concurrency: int, work: Path) -> tuple[float, dict[str, str], int]:

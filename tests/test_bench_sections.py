@@ -14,10 +14,15 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO))  # benchmarks/ as a namespace package, as in test_device.py
 import benchmarks.run_all as run_all  # noqa: E402
-from benchmarks import bootstrap, captioning, harness, real_architectures, scoring  # noqa: E402
+from benchmarks import (  # noqa: E402
+    bootstrap, captioning, compare_scale, explorer, harness, real_architectures, scoring, served,
+)
 
 SECTIONS = {"captioning": captioning, "harness": harness, "scoring": scoring, "bootstrap": bootstrap,
-            "real_architectures": real_architectures}
+            "real_architectures": real_architectures, "compare_scale": compare_scale, "explorer": explorer,
+            "served": served}
+# The sections that read the shared data, and the first path each declares.
+NEEDS_DATA = {n: m.NEEDS_SHARED_DATA[0] for n, m in SECTIONS.items() if getattr(m, "NEEDS_SHARED_DATA", ())}
 
 
 def _main(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runs: dict[str, object]) -> tuple[str, dict]:
@@ -36,12 +41,14 @@ def _must_not_run(*args: object, **kwargs: object) -> dict:
 def test_sections_without_shared_data_are_skipped_named_and_exit_0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BENCH_SHARED_DATA", str(tmp_path / "no-data"))
     monkeypatch.setenv("BENCH_SHARED_MODELS", str(tmp_path / "no-models"))
-    md, results = _main(tmp_path, monkeypatch, dict.fromkeys(SECTIONS, _must_not_run))  # returns: exit status 0
-    missing = f"skipped: needs BENCH_SHARED_DATA ({tmp_path / 'no-data' / 'flickr8k-1k' / 'captions.txt'} not found)"
-    assert results["skipped"] == dict.fromkeys(SECTIONS, missing) and results["errors"] == {}
+    runs = {n: _must_not_run if n in NEEDS_DATA else (lambda *a, **k: {}) for n in SECTIONS}
+    md, results = _main(tmp_path, monkeypatch, runs)  # returns: exit status 0
+    missing = {n: f"skipped: needs BENCH_SHARED_DATA ({tmp_path / 'no-data' / p} not found)" for n, p in NEEDS_DATA.items()}
+    assert "explorer" not in NEEDS_DATA  # generated runs: it runs in a clone
+    assert results["skipped"] == missing and results["errors"] == {}
     assert "## Skipped sections" in md and "## Failed sections" not in md
-    for name in SECTIONS:
-        assert f"- {name}: {missing}" in md
+    for name, line in missing.items():
+        assert f"- {name}: {line}" in md
 
 
 def test_only_the_missing_folder_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stand_in_data: Path) -> None:

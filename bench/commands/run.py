@@ -212,6 +212,7 @@ def run(
         "--metrics", help="Comma-separated subset of bleu,meteor,rouge,cider,clipscore (overrides scoring.metrics).")] = None,
 ) -> None:
     """Train (LoRA backends), caption the validation split and score it; cached when done."""
+    # Long: typer declares each option in the signature; the body reads top to bottom (check, plan, run each).
     from bench.distributed import is_main_process
     from bench.run import ScorerPool, execute_plan, run_label
 

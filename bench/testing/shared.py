@@ -113,6 +113,7 @@ def write_stand_in_data(root: Path, n_flickr: int = 1000, n_coco: int = 12) -> P
         image.save(coco / "images" / f"COCO_{i:04d}.jpg")
         refs[f"COCO_{i:04d}.jpg"] = [f"a grey square {i}, reference {k}" for k in range(5)]
     (coco / "refs.json").write_text(json.dumps(refs), encoding="utf-8")
+    (root / "external" / "magic-flickr30k").mkdir(parents=True)  # present, empty: nothing plans on it
     return root
 
 
