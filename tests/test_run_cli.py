@@ -20,7 +20,7 @@ import pytest
 
 from bench.io import read_records
 from bench.run.folder import SCHEMA_VERSION
-from bench.scoring.metrics import METRICS
+from bench.scoring.metrics import metric_specs
 from conftest import REPO, build_once, shared_tmp, tiny_setting_text
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ batch_size = 10
 # METEOR's JVM costs ~15 s per run on this 2-core machine; the scorer's own tests cover it.
 METRICS = 'metrics = ["bleu", "rouge", "cider", "clipscore"]\n'
 # What the Scorer writes: every metric row but METEOR (not asked for here) and the judge's (bench compare --judge)
-SCORED_KEYS = [m.key for m in METRICS if m.key != "METEOR" and not m.judge]
+SCORED_KEYS = [m.key for m in metric_specs() if m.key != "METEOR" and not m.judge]
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
