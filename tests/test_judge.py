@@ -217,7 +217,7 @@ def test_judge_metric_in_bench_compare_with_intervals_and_paired_tests(tmp_path:
     assert "| CLAIR" not in plain.markdown.read_text() and "Holm p CLAIR" not in plain.markdown.read_text()
 
 
-def test_bench_meta_has_a_judge_row_when_a_judge_is_configured(tmp_path: Path, server, capsys) -> None:
+def test_bench_meta_has_a_judge_row_when_a_judge_is_configured(tmp_path: Path, server, capsys, shared_data: Path) -> None:
     from bench.paths import shared_data_dir
     from tests.test_score_cli import run_cli
 

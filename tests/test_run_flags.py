@@ -18,6 +18,12 @@ from bench.errors import BenchError
 from bench.settings import load_setting
 
 
+@pytest.fixture(autouse=True)
+def _planning_data(stand_in_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # These tests only plan on flickr8k-1k: the stand-in serves them with or without ../shared.
+    monkeypatch.setenv("BENCH_SHARED_DATA", str(stand_in_data))
+
+
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bench", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
 

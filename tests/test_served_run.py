@@ -67,7 +67,7 @@ def reference(tmp_path: Path, bench_env, server: OpenAIServer):
 
 
 def test_failed_images_are_never_scored_and_a_rerun_retries_only_them(
-    tmp_path: Path, bench_env, server: OpenAIServer, reference,
+    tmp_path: Path, bench_env, server: OpenAIServer, reference, shared_data: Path,
 ) -> None:
     plan = plan_run(load_setting(served_setting(tmp_path, "faulty", server.base_url)), "openai", limit=6)
     bad = plan.samples[2]
@@ -95,7 +95,7 @@ def test_failed_images_are_never_scored_and_a_rerun_retries_only_them(
 
 
 def test_sigkill_mid_run_resumes_without_rerequesting_finished_images(
-    tmp_path: Path, bench_env, reference,
+    tmp_path: Path, bench_env, reference, shared_data: Path,
 ) -> None:
     with OpenAIServer(ScriptedAnswerer(), latency_s=0.4, idle_timeout_s=120) as slow:
         path = served_setting(tmp_path, "killed", slow.base_url, concurrency=2)
@@ -136,7 +136,7 @@ def test_sigkill_mid_run_resumes_without_rerequesting_finished_images(
     assert predictions.read_bytes() == (ref_plan.run_dir / "predictions.jsonl").read_bytes()
 
 
-def test_the_key_is_never_written_or_printed(tmp_path: Path, bench_env) -> None:
+def test_the_key_is_never_written_or_printed(tmp_path: Path, bench_env, shared_data: Path) -> None:
     env = {**bench_env.env, KEY_ENV: SECRET}
     with OpenAIServer(ScriptedAnswerer(), api_key=SECRET, idle_timeout_s=120) as server:
         path = served_setting(tmp_path, "keyed", server.base_url, extra=f'api_key_env = "{KEY_ENV}"\n')

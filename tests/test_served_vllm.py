@@ -43,6 +43,12 @@ def adapter(tiny_llava: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+
+@pytest.fixture(autouse=True)
+def _planning_data(stand_in_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # These tests only plan on flickr8k-1k: the stand-in serves them with or without ../shared.
+    monkeypatch.setenv("BENCH_SHARED_DATA", str(stand_in_data))
+
 def test_adapter_folders_are_in_the_peft_layout_vllm_loads(adapter: Path, tiny_llava: Path) -> None:
     from safetensors import safe_open
     from transformers import AutoModelForImageTextToText
