@@ -52,6 +52,7 @@ demo: install
 	$(BIN)/bench demo
 
 bench: install
+	@$(MAKE) --no-print-directory browser-deps
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
