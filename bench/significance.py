@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import norm
+# scipy.stats.norm.ppf is ndtri (scipy 1.x); scipy.special imports in a third of the time.
+from scipy.special import ndtri
 
 ALPHA = 0.05
 POWER = 0.80
@@ -36,4 +37,4 @@ def holm(p_values: Sequence[float]) -> list[float]:
 def detectable_difference(diffs: np.ndarray, alpha: float = ALPHA, power: float = POWER) -> float:
     """Minimum detectable difference of a paired test whose bootstrap differences are `diffs`."""
     spread = float(np.std(np.asarray(diffs, dtype=np.float64), ddof=1))
-    return float((norm.ppf(1.0 - alpha / 2.0) + norm.ppf(power)) * spread)
+    return float((ndtri(1.0 - alpha / 2.0) + ndtri(power)) * spread)

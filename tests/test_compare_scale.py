@@ -128,6 +128,11 @@ def _computed(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return seen
 
 
+def _run_entries(folder: Path) -> list[Path]:
+    """The per-run entries (beside them: the section's reference tables, refs-*.npz)."""
+    return sorted(p for p in folder.glob("*.npz") if not p.name.startswith("refs-"))
+
+
 def _numbers(md: str) -> str:
     return "\n".join(line for line in md.splitlines() if not line.startswith("Generated at "))
 
@@ -141,7 +146,7 @@ def test_a_recompare_reuses_every_unchanged_run_and_gives_the_same_report(runs_r
     # The first and the uncached compare computed both runs; the second read them back.
     assert seen == [["magic/external", "zerocap/external"], ["magic/external", "zerocap/external"]]
     assert _numbers(first) == _numbers(again) == _numbers(uncached)
-    assert len(list((tmp_path / "cache" / FOLDER).glob("*.npz"))) == 2
+    assert len(_run_entries(tmp_path / "cache" / FOLDER)) == 2
 
     magic_run(runs_root, SYSTEMS[2], DATA, limit=60)
     seen.clear()
@@ -167,7 +172,7 @@ def test_other_resamples_seed_or_captions_are_recomputed(runs_root, tmp_path, mo
 def test_a_damaged_or_mismatched_entry_is_recomputed_never_trusted(runs_root, tmp_path, monkeypatch):
     seen = _computed(monkeypatch)
     before = build_report(runs_root, tmp_path / "a.md", n_boot=40, cache=True).markdown.read_text()
-    entries = sorted((tmp_path / "cache" / FOLDER).glob("*.npz"))
+    entries = _run_entries(tmp_path / "cache" / FOLDER)
     entries[0].write_bytes(entries[0].read_bytes()[:100])  # torn
     seen.clear()
     after = build_report(runs_root, tmp_path / "a.md", n_boot=40, cache=True).markdown.read_text()

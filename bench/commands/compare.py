@@ -64,21 +64,22 @@ def _report_targets(
     root: Path, data: str | None, runs: str | None, baseline: str | None, out: Path | None
 ) -> tuple[list[tuple[str | None, Path, str | None]], bool]:
     """(dataset, report path, baseline) of each report to write, and whether there are several."""
-    from bench.report.load import find_runs
+    from bench.report.load import select_runs
 
     if out is not None or data is not None:
         return [(data, out or project_dir() / "reports" / f"{data}.md", baseline)], False
-    found = find_runs(root, runs_glob=runs)
+    # Only results.json is read here: build_report reads the chosen runs once.
+    found = [results for _, results in select_runs(root, runs_glob=runs)]
     if not found:
         where = f" matching {runs!r}" if runs else ""
         raise BenchError(f"{root}: no finished runs{where} (a run is finished when its results.json exists)")
-    if baseline is not None and baseline not in {r.run for r in found}:
-        raise BenchError(f"--baseline: no finished run named {baseline!r}; runs: {', '.join(r.run for r in found)}")
-    datasets = sorted({r.dataset for r in found})
+    if baseline is not None and baseline not in {r["run"] for r in found}:
+        raise BenchError(f"--baseline: no finished run named {baseline!r}; runs: {', '.join(r['run'] for r in found)}")
+    datasets = sorted({r["dataset"] for r in found})
     # Each dataset's report uses --baseline if the run is on that dataset, else its default.
     targets = [
         (ds, project_dir() / "reports" / f"{ds}.md",
-         baseline if any(r.run == baseline and r.dataset == ds for r in found) else None)
+         baseline if any(r["run"] == baseline and r["dataset"] == ds for r in found) else None)
         for ds in datasets
     ]
     return targets, len(datasets) > 1

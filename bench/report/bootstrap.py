@@ -14,12 +14,10 @@ resampled lists, so the full sample (every image once) reproduces the reported v
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from pycocoevalcap.rouge.rouge import Rouge
 
 from bench.report.cider_chunks import CorpusSamples, corpus_samples
@@ -97,31 +95,6 @@ def bootstrap(
     `chunk` resamples. With a cache, runs computed before on the same references, resamples and
     seed are read back instead of recomputed.
     """
-    with _one_torch_thread():
-        return _bootstrap(refs, runs, n_boot=n_boot, seed=seed, chunk=chunk, progress=progress, cache=cache)
-
-
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    # torch's CSR x dense kernel is ~4x slower with 2 threads than with 1 on a shared 2-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _bootstrap(
-    refs: Sequence[Sequence[str]],
-    runs: Sequence[RunInput],
-    *,
-    n_boot: int,
-    seed: int,
-    chunk: int,
-    progress: Callable[[int, int, str], None] | None,
-    cache: ComputeCache | None,
-) -> BootstrapResult:
     n = len(refs)
     counts = resample_counts(n, n_boot, seed)
     # Row 0 is the full sample (every image once): the point values.
@@ -154,7 +127,7 @@ def _corpus_samples(
     out = {r.name: got for r in runs if cache and (got := cache.get(keys[r.name], all_counts.shape)) is not None}
     todo = [r for r in runs if r.name not in out]
     if todo:
-        tables = ref_tables(refs)
+        tables = cache.ref_tables(refs) if cache else ref_tables(refs)
         computed = corpus_samples(tables, {r.name: cand_tables(tables, r.cands) for r in todo}, all_counts, chunk, progress)
         for name, result in computed.items():
             if cache:

@@ -36,11 +36,10 @@ from bench.report.compute_cache import FOLDER as COMPUTE_CACHE
 from bench.report.compute_cache import ComputeCache
 from bench.report.diagnostics import Cost
 from bench.report.html import write_html
-from bench.report.load import RunData, find_runs
+from bench.report.run_cache import LoadedRun, load_runs, with_data
 from bench.report.markdown import cell, link, table
 from bench.report.section import RunSummary, Section, analyse_section, group_runs
 from bench.report.tables import Table, section_tables
-from bench.report.tokens import tokenize_runs
 from bench.scoring.metrics import metric_keys
 
 GALLERY_K = 2  # top-k and bottom-k images
@@ -304,18 +303,18 @@ def build_report(
     `cache`, what the bootstrap computed per run is kept in (and read from) .cache/compare/.
     `judge` (a bench.judge.JudgeSpec) adds the judge metric; off by default.
     """
-    runs = _selected_runs(Path(runs_root), dataset, runs_glob, baseline, n_boot)
-    runs, judge_notes = judged.with_judge_scores(runs, judge)
-    tokens = tokenize_runs(runs)
+    cache_folder = cache_dir() / COMPUTE_CACHE if cache else None
+    runs = _selected_runs(Path(runs_root), dataset, runs_glob, baseline, n_boot, cache_folder)
+    judged_data, judge_notes = judged.with_judge_scores([r.data for r in runs], judge)
+    runs = [with_data(r, d) for r, d in zip(runs, judged_data)]
     groups, mismatch = group_runs(runs)
     sections: list[Section] = []
-    store = ComputeCache(cache_dir() / COMPUTE_CACHE if cache else None)
+    store = ComputeCache(cache_folder)
     for group in groups:
-        label = f"bootstrap {group[0].dataset} ({len(group)} runs)"
+        label = f"bootstrap {group[0].data.dataset} ({len(group)} runs)"
         cb = None if progress is None else (lambda done, total, run, label=label: progress(label, done, total, run))
-        sections.append(analyse_section(group, tokens, baseline=baseline, n_boot=n_boot, seed=seed, progress=cb,
-                                        cache=store))
-        sections[-1].notes[:0] = judged.section_notes(judge_notes, group)
+        sections.append(analyse_section(group, baseline=baseline, n_boot=n_boot, seed=seed, progress=cb, cache=store))
+        sections[-1].notes[:0] = judged.section_notes(judge_notes, [r.data for r in group])
 
     out = Path(out)
     now = now or _dt.datetime.now(_dt.timezone.utc)
@@ -338,17 +337,18 @@ def build_report(
 
 
 def _selected_runs(
-    runs_root: Path, dataset: str | None, runs_glob: str | None, baseline: str | None, n_boot: int
-) -> list[RunData]:
+    runs_root: Path, dataset: str | None, runs_glob: str | None, baseline: str | None, n_boot: int,
+    cache: Path | None,
+) -> list[LoadedRun]:
     """The finished runs the report covers; bad options are one-line errors before any work."""
     if n_boot < 1:
         raise BenchError(f"--resamples must be >= 1, got {n_boot}")
-    runs = find_runs(runs_root, dataset=dataset, runs_glob=runs_glob)
+    runs = load_runs(runs_root, dataset=dataset, runs_glob=runs_glob, cache=cache)
     if not runs:
         filters = "".join([f" on dataset {dataset!r}" if dataset else "", f" matching {runs_glob!r}" if runs_glob else ""])
         raise BenchError(f"{runs_root}: no finished runs{filters} (a run is finished when its results.json exists)")
-    if baseline is not None and baseline not in {r.run for r in runs}:
-        raise BenchError(f"--baseline: no finished run named {baseline!r}; runs: {', '.join(r.run for r in runs)}")
+    if baseline is not None and baseline not in {r.name for r in runs}:
+        raise BenchError(f"--baseline: no finished run named {baseline!r}; runs: {', '.join(r.name for r in runs)}")
     return runs
 
 

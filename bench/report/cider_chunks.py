@@ -33,7 +33,7 @@ CHUNK_ELEMENTS = 1 << 21  # float64 elements of the largest per-chunk array (16 
 def _rows(csr: _Csr, keep: np.ndarray) -> _Csr:
     """The CSR matrix of the given rows only (each row's entries unchanged, so are its sums)."""
     m = csr.matrix
-    crow, cols, vals = m.crow_indices().numpy(), m.col_indices().numpy(), m.values().numpy()
+    crow, cols, vals = m.indptr, m.indices, m.data
     lengths = crow[keep + 1] - crow[keep]
     take = np.repeat(crow[keep], lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
     rows = np.repeat(np.arange(len(keep)), lengths)
@@ -41,7 +41,7 @@ def _rows(csr: _Csr, keep: np.ndarray) -> _Csr:
 
 
 def _nonempty_rows(csr: _Csr) -> np.ndarray:
-    return np.flatnonzero(np.diff(csr.matrix.crow_indices().numpy()))
+    return np.flatnonzero(np.diff(csr.matrix.indptr))
 
 
 @dataclass
@@ -77,14 +77,11 @@ class SectionKernel:
         # Only the weights of columns some product reads: a re-compare that adds one run to a
         # cached sweep computes fewer document frequencies.
         used = [self.ref_sq] + [m for r in runs for m in (r.clip, r.cand_sq)]
-        cols = np.unique(np.concatenate([m.matrix.col_indices().numpy() for m in used]))
+        cols = np.unique(np.concatenate([m.matrix.indices for m in used]))
         self.multi = cols[cols < tables.n_multi]
         # df is a sum of integer multiplicities: exact in any order, and fastest in scipy's int32.
         df = tables.df_matrix.matrix
-        full = scipy.sparse.csr_matrix(
-            (df.values().numpy().astype(np.int32), df.col_indices().numpy(), df.crow_indices().numpy()),
-            shape=tables.df_matrix.shape,
-        )
+        full = scipy.sparse.csr_matrix((df.data.astype(np.int32), df.indices, df.indptr), shape=tables.df_matrix.shape)
         self.df = full[self.multi]
         ref_len = np.log(float(n))
         # df and multiplicities are integers in 0..N: w^2 of each, as idf_weights_sq computes it.

@@ -1,5 +1,7 @@
 """What `bench compare` computed per run, kept in .cache/compare/ (one .npz per run and
-bootstrap), so a re-compare after one new run costs about one run's work.
+bootstrap), so a re-compare after one new run costs about one run's work; and the reference
+n-gram tables of each section (`refs-<key>.npz`, keyed by VERSION and the tokenized references),
+which a section recomputes whenever one of its runs is new.
 
 The key is a digest of everything those numbers depend on: this module's VERSION (bumped when
 the kernels change their numbers), the number of resamples and the seed (they fix the resamples,
@@ -24,6 +26,7 @@ import numpy as np
 from bench.errors import BenchError
 from bench.io import atomic_write_bytes
 from bench.report.cider_chunks import CorpusSamples
+from bench.report.cider_tables import RefTables, ref_tables
 
 VERSION = 1
 FOLDER = "compare"  # under bench.paths.cache_dir()
@@ -49,16 +52,45 @@ class ComputeCache:
         assert self.folder is not None
         return self.folder / f"{key}.npz"
 
+    def _load(self, path: Path) -> dict[str, np.ndarray] | None:
+        try:
+            with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return None  # missing or damaged: recomputed
+
+    def _save(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        try:
+            atomic_write_bytes(path, buf.getvalue())
+        except (BenchError, OSError):
+            pass  # an unwritable or full cache folder only costs a recomputation next time
+
+    def ref_tables(self, refs: Sequence[Sequence[str]]) -> RefTables:
+        """cider_tables.ref_tables(refs), read back when this cache has them."""
+        if self.folder is None:
+            return ref_tables(refs)
+        payload = json.dumps([VERSION, [list(r) for r in refs]], ensure_ascii=False)
+        path = self.folder / f"refs-{hashlib.sha256(payload.encode('utf-8')).hexdigest()}.npz"
+        arrays = self._load(path)
+        if arrays is not None:
+            try:
+                return RefTables.from_arrays(arrays)
+            except (KeyError, ValueError, TypeError, UnicodeDecodeError):
+                pass  # another layout or damaged: recomputed
+        tables = ref_tables(refs)
+        self._save(path, tables.to_arrays())
+        return tables
+
     def get(self, key: str, counts_shape: tuple[int, int]) -> CorpusSamples | None:
         """The entry of `key`, if there is a readable one for (rows, N) multiplicities."""
         if self.folder is None:
             return None
         rows, n = counts_shape
-        try:
-            with np.load(io.BytesIO(self._path(key).read_bytes()), allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-            return None  # missing or damaged: recomputed
+        arrays = self._load(self._path(key))
+        if arrays is None:
+            return None
         per_image = arrays.pop(_PER_IMAGE, None)
         if per_image is None or per_image.shape != (n,) or not arrays or any(v.shape != (rows,) for v in arrays.values()):
             return None
@@ -67,9 +99,4 @@ class ComputeCache:
     def put(self, key: str, samples: CorpusSamples) -> None:
         if self.folder is None:
             return
-        buf = io.BytesIO()
-        np.savez(buf, **samples.values, **{_PER_IMAGE: samples.cider_per_image})
-        try:
-            atomic_write_bytes(self._path(key), buf.getvalue())
-        except (BenchError, OSError):
-            pass  # an unwritable or full cache folder only costs a recomputation next time
+        self._save(self._path(key), {**samples.values, _PER_IMAGE: samples.cider_per_image})

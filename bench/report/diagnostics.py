@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+VERSION = 1  # of the definitions above: bump when one changes (bench.report.run_cache keys on it)
 REPEAT_NGRAM = 3
 REPEAT_RUN = 3
 

@@ -29,9 +29,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.attend.figure import safe_name
 from bench.io import atomic_write_text
-from bench.report.diagnostics import is_degenerate
 from bench.report.section import RunSummary, Section
 from bench.report.tables import Table, section_tables
 from bench.report.thumbs import thumbnail
@@ -57,15 +58,16 @@ def embed_json(data: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _score(value: float) -> float | None:
-    return None if not math.isfinite(value) else round(float(value), _DIGITS)
+def _scores(values: Sequence[float]) -> list[float | None]:
+    """Per-image scores for the page: rounded, None where not finite (JSON has no NaN)."""
+    return [round(v, _DIGITS) if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64).tolist()]
 
 
 def caption_flags(run: RunSummary, k: int, image_id: str) -> int:
     """The flag bits of one caption: from its tokens (repetitive, empty, as the degeneration
     table counts them) and from its predictions record (truncated, failed)."""
-    words = run.tokens[k].split()
-    bits = FLAG_BITS["empty"] if not words else (FLAG_BITS["repetitive"] if is_degenerate(words) else 0)
+    empty = not run.tokens[k].strip()
+    bits = FLAG_BITS["empty"] if empty else (FLAG_BITS["repetitive"] if run.repetitive[k] else 0)
     for name in run.data.caption_flags.get(image_id, ()):
         bits |= FLAG_BITS.get(name, 0)
     return bits
@@ -85,7 +87,7 @@ def _run_data(run: RunSummary, section: Section, page_dir: Path) -> dict[str, An
         "prompt": run.data.prompt_text or run.data.prompt or "",
         "captions": [run.data.captions[pos[i]] for i in section.image_ids],
         # the report's metric columns (the metric table's order) that the run has per image
-        "scores": {m: [_score(v) for v in run.per_image[m]] for m in headline_keys() if m in run.per_image},
+        "scores": {m: _scores(run.per_image[m]) for m in headline_keys() if m in run.per_image},
         "flags": [caption_flags(run, k, i) for k, i in enumerate(section.image_ids)],
         "attend": attend,
     }

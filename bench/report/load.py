@@ -135,12 +135,12 @@ def _read_captions(pred_path: Path, ids: list[str]) -> tuple[dict[str, str], dic
     return captions, flags
 
 
-def find_runs(runs_root: Path, *, dataset: str | None = None, runs_glob: str | None = None) -> list[RunData]:
-    """Every finished run under runs_root (runs/<setting>/<backend>/results.json), filtered by
-    dataset and by an fnmatch pattern on the run name, sorted by run name."""
+def select_runs(runs_root: Path, *, dataset: str | None = None, runs_glob: str | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """(folder, results.json) of every finished run under runs_root (runs/<setting>/<backend>/),
+    filtered by dataset and by an fnmatch pattern on the run name, in folder order. Only
+    results.json is read: runs left out are never read further."""
     if not runs_root.is_dir():
         return []
-    # Filter on results.json first: runs left out are never read further.
     chosen = []
     for folder in sorted(p for p in runs_root.glob("*/*") if RunFolder(p).complete):
         results = read_results(folder)
@@ -149,13 +149,24 @@ def find_runs(runs_root: Path, *, dataset: str | None = None, runs_glob: str | N
         if runs_glob is not None and not fnmatch.fnmatchcase(results["run"], runs_glob):
             continue
         chosen.append((folder, results))
-    found = [load_run(folder, results) for folder, results in chosen]
-    names = [r.run for r in found]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        where = [str(r.folder) for r in found if r.run == dup[0]]
-        raise BenchError(f"{where[1]}/results.json: key 'run' is {dup[0]!r}, already used by {where[0]}")
-    return sorted(found, key=lambda r: r.run)
+    return chosen
+
+
+def check_unique(runs: list[tuple[Path, dict[str, Any]]]) -> None:
+    """One-line error when two folders of select_runs() claim the same run name."""
+    seen: dict[str, Path] = {}
+    for folder, results in runs:
+        name = results["run"]
+        if name in seen:
+            raise BenchError(f"{folder}/results.json: key 'run' is {name!r}, already used by {seen[name]}")
+        seen[name] = folder
+
+
+def find_runs(runs_root: Path, *, dataset: str | None = None, runs_glob: str | None = None) -> list[RunData]:
+    """Every finished run of select_runs(), read whole, sorted by run name."""
+    chosen = select_runs(runs_root, dataset=dataset, runs_glob=runs_glob)
+    check_unique(chosen)
+    return sorted((load_run(folder, results) for folder, results in chosen), key=lambda r: r.run)
 
 
 def inputs_digest(run: RunData) -> str:

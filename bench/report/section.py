@@ -15,10 +15,10 @@ import numpy as np
 
 from bench.report.bootstrap import BootstrapResult, RunInput, bootstrap, rouge_per_image
 from bench.report.compute_cache import ComputeCache
-from bench.report.diagnostics import Cost, Degeneration, cost, degeneration, recorded_count
+from bench.report.diagnostics import Cost, Degeneration, cost
 from bench.report.load import RunData
 from bench.report.meteor import JarStats
-from bench.report.tokens import RunTokens
+from bench.report.run_cache import LoadedRun
 from bench.scoring.metrics import headline_keys, keys_aggregated, metric_keys, p_value_keys, recomputable_keys
 from bench.significance import holm
 
@@ -29,6 +29,7 @@ _MISMATCH_TOL = 1e-6
 class RunSummary:
     data: RunData
     tokens: tuple[str, ...]  # tokenized captions, in the section's image order
+    repetitive: tuple[bool, ...]  # per caption, same order: diagnostics.is_degenerate
     values: dict[str, float]  # point values: as recorded (results.json), else recomputed
     ci: dict[str, tuple[float, float]]
     p: dict[str, float]  # paired bootstrap p-value vs the section's baseline
@@ -68,29 +69,29 @@ class Section:
         return next(r for r in self.runs if r.name == name)
 
 
-def group_runs(runs: Sequence[RunData]) -> tuple[list[list[RunData]], dict[str, list[str]]]:
+def group_runs(runs: Sequence[LoadedRun]) -> tuple[list[list[LoadedRun]], dict[str, list[str]]]:
     """Groups of comparable runs (largest group of a dataset first) and, per dataset, one line
     per group that differs from the main one."""
-    by_key: dict[tuple[str, str, str], list[RunData]] = {}
+    by_key: dict[tuple[str, str, str], list[LoadedRun]] = {}
     for r in runs:
-        by_key.setdefault((r.dataset, r.fingerprint, r.images_digest()), []).append(r)
-    groups: list[list[RunData]] = []
+        by_key.setdefault((r.data.dataset, r.data.fingerprint, r.data.images_digest()), []).append(r)
+    groups: list[list[LoadedRun]] = []
     notes: dict[str, list[str]] = {}
     for dataset in sorted({k[0] for k in by_key}):
         keys = sorted((k for k in by_key if k[0] == dataset), key=lambda k: (-len(by_key[k]), k[1], k[2]))
-        main = by_key[keys[0]][0]
+        main = by_key[keys[0]][0].data
         for key in keys:
             group = by_key[key]
             groups.append(group)
             if key is keys[0]:
                 continue
             n = len(group)
-            who = f"{n} run{'s' if n > 1 else ''} on {dataset} ({', '.join(r.run for r in group)})"
+            who = f"{n} run{'s' if n > 1 else ''} on {dataset} ({', '.join(r.name for r in group)})"
             if key[1] != main.fingerprint:
                 notes.setdefault(dataset, []).append(f"{who} use a different split (fingerprint {key[1]} vs {main.fingerprint}) and are shown separately")
             else:
                 notes.setdefault(dataset, []).append(
-                    f"{who} score a different set of images ({len(group[0].image_ids)} vs {len(main.image_ids)}, "
+                    f"{who} score a different set of images ({len(group[0].data.image_ids)} vs {len(main.image_ids)}, "
                     "e.g. data.limit) and are shown separately"
                 )
     return groups, notes
@@ -120,15 +121,14 @@ def _meteor_stats(
     return jar.stats(ref_tokens, cands)
 
 
-def _bootstrap_inputs(
-    group: Sequence[RunData], tokens: dict[str, RunTokens], image_ids: tuple[str, ...], ref_tokens: list
-) -> list[RunInput]:
+def _bootstrap_inputs(group: Sequence[LoadedRun], image_ids: tuple[str, ...], ref_tokens: list) -> list[RunInput]:
     """Each run's tokenized captions, per-image scores and METEOR statistics in the section's order."""
     inputs: list[RunInput] = []
     with closing(JarStats()) as jar:
-        for run in group:
+        for loaded in group:
+            run = loaded.data
             pos = {image_id: k for k, image_id in enumerate(run.image_ids)}
-            cands = tuple(tokens[run.run].captions[pos[i]] for i in image_ids)
+            cands = tuple(loaded.tokens.captions[pos[i]] for i in image_ids)
             per_image: dict[str, np.ndarray] = {}
             for metric in (*keys_aggregated("meteor"), *keys_aggregated("mean")):
                 values = [run.per_image.get(i, {}).get(metric) for i in image_ids]
@@ -161,8 +161,7 @@ def _baseline_p_values(summaries: list[RunSummary], baseline: str | None, boot: 
 
 
 def analyse_section(
-    group: Sequence[RunData],
-    tokens: dict[str, RunTokens],
+    group: Sequence[LoadedRun],
     *,
     baseline: str | None,
     n_boot: int,
@@ -170,16 +169,16 @@ def analyse_section(
     progress: Callable[[int, int, str], None] | None = None,
     cache: ComputeCache | None = None,
 ) -> Section:
-    first = group[0]
+    first = group[0].data
     order = sorted(range(len(first.image_ids)), key=lambda k: first.image_ids[k])
     image_ids = tuple(first.image_ids[k] for k in order)
-    ref_tokens = [tokens[first.run].refs[k] for k in order]
-    inputs = _bootstrap_inputs(group, tokens, image_ids, ref_tokens)
+    ref_tokens = [group[0].tokens.refs[k] for k in order]
+    inputs = _bootstrap_inputs(group, image_ids, ref_tokens)
 
     boot = bootstrap(ref_tokens, inputs, n_boot=n_boot, seed=seed, progress=progress, cache=cache)
 
     notes: list[str] = []
-    summaries = [_run_summary(run, inp.cands, dict(inp.per_image), boot, notes) for run, inp in zip(group, inputs)]
+    summaries = [_run_summary(run, inp, image_ids, boot, notes) for run, inp in zip(group, inputs)]
     summaries.sort(key=_cider_key)
     base = _baseline_p_values(summaries, baseline, boot, notes)
     raw_refs = tuple(first.refs[k] for k in order)
@@ -187,10 +186,12 @@ def analyse_section(
 
 
 def _run_summary(
-    run: RunData, cands: tuple[str, ...], per_image: dict[str, np.ndarray], boot: BootstrapResult, notes: list[str]
+    loaded: LoadedRun, inp: RunInput, image_ids: tuple[str, ...], boot: BootstrapResult, notes: list[str]
 ) -> RunSummary:
     """One run's values, CIs and diagnostics; a note when its recorded CIDEr/BLEU-4/METEOR differ
     from the recomputed ones."""
+    run, per_image = loaded.data, dict(inp.per_image)
+    pos = {image_id: k for k, image_id in enumerate(run.image_ids)}
     recomputed = boot.full[run.run]
     values = {m: run.metrics[m] for m in metric_keys() if m in run.metrics}
     for m in recomputable_keys():
@@ -210,12 +211,13 @@ def _run_summary(
     per_image["CIDEr"] = boot.cider_per_image[run.run]
     return RunSummary(
         data=run,
-        tokens=cands,
+        tokens=tuple(inp.cands),
+        repetitive=tuple(loaded.repetitive[pos[i]] for i in image_ids),
         values=values,
         ci=ci,
         p={},
         recomputed=recomputed,
         per_image=per_image,
-        degeneration=degeneration(cands, recorded_count(run.results, "n_truncated")),
+        degeneration=loaded.degeneration,
         cost=cost(run.results),
     )

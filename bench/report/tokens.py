@@ -14,7 +14,7 @@ from bench.report.load import RunData, inputs_digest
 from bench.run.folder import RunFolder
 from bench.scoring.text_metrics import tokenize
 
-_CACHE_VERSION = 1  # of the cache's content: bump when the tokenization changes
+TOKENS_VERSION = 1  # of the cache's content: bump when the tokenization changes
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def ptb_tokenize(texts: Sequence[str]) -> list[str]:
 
 def _read_cache(run: RunData, digest: str) -> RunTokens | None:
     data = RunFolder(run.folder).read_tokens()  # None when missing or damaged: rebuilt, never trusted
-    if data is None or data.get("version") != _CACHE_VERSION or data.get("digest") != digest:
+    if data is None or data.get("version") != TOKENS_VERSION or data.get("digest") != digest:
         return None
     caps, refs = data.get("captions"), data.get("refs")
     if not isinstance(caps, list) or not isinstance(refs, list) or len(caps) != len(run.captions):
@@ -44,8 +44,11 @@ def _read_cache(run: RunData, digest: str) -> RunTokens | None:
     return RunTokens(tuple(caps), tuple(tuple(r) for r in refs))
 
 
-def tokenize_runs(runs: Sequence[RunData], *, write_cache: bool = True) -> dict[str, RunTokens]:
-    """Tokens of every run (cached ones read, the rest tokenized together and cached)."""
+def tokenize_runs(
+    runs: Sequence[RunData], *, write_cache: bool = True, known: Sequence[tuple[RunData, RunTokens]] = ()
+) -> dict[str, RunTokens]:
+    """Tokens of every run (cached ones read, the rest tokenized together and cached); `known`:
+    runs whose tokens are already at hand, whose text is not sent to the tokenizer again."""
     out: dict[str, RunTokens] = {}
     todo: list[tuple[RunData, str]] = []
     for run in runs:
@@ -59,18 +62,20 @@ def tokenize_runs(runs: Sequence[RunData], *, write_cache: bool = True) -> dict[
         return out
     # The tokenizer works line by line, so a text already tokenized in another run's cache (the
     # references every run of a split shares) is not sent to the JVM again.
-    known: dict[str, str] = {}
-    for run in runs:
-        if run.run in out:
-            known.update(zip(run.captions, out[run.run].captions))
-            known.update(zip((r for refs in run.refs for r in refs), (t for refs in out[run.run].refs for t in refs)))
+    known_text: dict[str, str] = {}
+    seen_refs: set[int] = set()  # runs read from one split entry share their references' object
+    for run, got in [*known, *((r, out[r.run]) for r in runs if r.run in out)]:
+        known_text.update(zip(run.captions, got.captions))
+        if id(run.refs) not in seen_refs:
+            seen_refs.add(id(run.refs))
+            known_text.update(zip((r for refs in run.refs for r in refs), (t for refs in got.refs for t in refs)))
     texts: list[str] = []
     for run, _ in todo:
         texts.extend(run.captions)
         texts.extend(r for refs in run.refs for r in refs)
-    new = sorted({t for t in texts if t not in known})
-    known.update(zip(new, ptb_tokenize(new)))
-    tokens = iter([known[t] for t in texts])
+    new = sorted({t for t in texts if t not in known_text})
+    known_text.update(zip(new, ptb_tokenize(new)))
+    tokens = iter([known_text[t] for t in texts])
     for run, digest in todo:
         caps = tuple(next(tokens) for _ in run.captions)
         refs = tuple(tuple(next(tokens) for _ in image_refs) for image_refs in run.refs)
@@ -82,5 +87,5 @@ def tokenize_runs(runs: Sequence[RunData], *, write_cache: bool = True) -> dict[
 
 def _write_cache(folder: RunFolder, digest: str, caps: tuple[str, ...], refs: tuple[tuple[str, ...], ...]) -> None:
     # A read-only run folder only costs a re-tokenization next time (write_tokens never fails).
-    folder.write_tokens({"version": _CACHE_VERSION, "tokenizer": "PTBTokenizer (pycocoevalcap)", "digest": digest,
+    folder.write_tokens({"version": TOKENS_VERSION, "tokenizer": "PTBTokenizer (pycocoevalcap)", "digest": digest,
                          "captions": list(caps), "refs": [list(r) for r in refs]})

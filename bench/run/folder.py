@@ -20,8 +20,9 @@ sees one shape. Reading never rewrites a folder (it may be read-only).
 
 from __future__ import annotations
 
+import hashlib
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,17 @@ class RunFolder:
             self._write(TOKENS, payload)
         except BenchError:
             pass
+
+    def digest(self, names: Sequence[str]) -> str:
+        """sha256 of the bytes of the named members (an absent one counts as absent): equal
+        digests mean the folder holds exactly the same content for a reader of those members."""
+        h = hashlib.sha256()
+        for name in names:
+            path = self.member(name)
+            data = path.read_bytes() if path.is_file() else None
+            h.update(f"{name}\0{-1 if data is None else len(data)}\0".encode())
+            h.update(data or b"")
+        return h.hexdigest()
 
     def clear(self) -> None:
         """Remove every member (the lock file stays: it is held by the caller)."""
