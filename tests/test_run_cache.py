@@ -188,3 +188,31 @@ def test_damaged_reference_tables_are_rebuilt(runs_root, tmp_path, monkeypatch):
     assert isinstance(store.ref_tables(refs), RefTables) and built == [1]
     store.ref_tables(refs)
     assert built == [1]  # the rebuilt tables were written back
+
+
+# Runs bench's CLI in this process and, at exit, writes whether torch / scipy.stats were loaded.
+PROBE = """
+import atexit, json, sys
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(m for m in ("torch", "scipy.stats") if m in sys.modules))))
+from bench.cli import main
+sys.argv[0] = "bench"
+main()
+"""
+
+
+def test_bench_compare_imports_neither_torch_nor_scipy_stats(runs_root, tmp_path):
+    # A second or two of every compare: a re-compare's fixed cost is mostly imports.
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    loaded = tmp_path / "loaded.json"
+    env = {**os.environ, "BENCH_RUNS": str(runs_root), "PYTHONPATH": str(repo)}
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(loaded), "compare", "--data", "toy", "--out",
+                           str(tmp_path / "r.md"), "--resamples", "20"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (tmp_path / "r.md").is_file()
+    assert json.loads(loaded.read_text()) == []
