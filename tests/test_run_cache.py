@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -18,29 +17,10 @@ from bench.report.cider_tables import RefTables, cand_tables, ref_tables
 from bench.report.compute_cache import FOLDER, ComputeCache
 from bench.report.run_cache import load_runs
 from bench.run.folder import METRICS, RunFolder
-from bench.testing.run_folders import write_run
+from bench.testing.run_folders import toy_run
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-WORDS = "a dog cat man woman runs sits on the grass red ball street two people near water".split()
 N_IMAGES = 30
-
-
-def _sentence(rng: random.Random) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) + "."
-
-
-def _write(root: Path, setting: str, seed: int, *, kind: str = "zero-shot") -> Path:
-    refs_rng, rng = random.Random(0), random.Random(seed)
-    samples = [{"image_id": f"im{k:02d}", "path": "${BENCH_SHARED_DATA}/photos/" + f"im{k:02d}.jpg",
-                "refs": [_sentence(refs_rng) for _ in range(5)]} for k in range(N_IMAGES)]
-    captions = {s["image_id"]: _sentence(rng) for s in samples}
-    captions["im03"] = "a dog a dog a dog on the grass"  # repeats: a degenerate caption
-    per_image = {s["image_id"]: {"ROUGE-L": rng.random(), "CLIPScore": rng.random()} for s in samples}
-    corpus = {m: float(np.mean([v[m] for v in per_image.values()])) for m in ("ROUGE-L", "CLIPScore")}
-    loss = [{"step": 1.0, "loss": 2.0}, {"step": 2.0, "loss": 1.5}] if kind == "lora" else None
-    return write_run(root, setting=setting, backend="vlm" if kind == "zero-shot" else "vit-gpt2", kind=kind,
-                     dataset="toy", fingerprint="toy-split", samples=samples, captions=captions, corpus=corpus,
-                     per_image=per_image, prompt="brief" if kind == "zero-shot" else None, loss_rows=loss)
 
 
 @pytest.fixture
@@ -48,8 +28,8 @@ def runs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("BENCH_SHARED_DATA", str(tmp_path / "shared"))
     root = tmp_path / "runs"
-    _write(root, "brief", 1)
-    _write(root, "lora_r8", 2, kind="lora")
+    toy_run(root, "brief", 1)
+    toy_run(root, "lora_r8", 2, kind="lora")
     return root
 
 
@@ -137,7 +117,7 @@ def test_an_unwritable_cache_only_costs_time(runs_root, tmp_path):
 
 def test_a_new_run_reads_the_section_tables_back_and_matches_an_uncached_compare(runs_root, tmp_path, monkeypatch):
     _report(runs_root, tmp_path / "a.md")
-    _write(runs_root, "detailed", 3)
+    toy_run(runs_root, "detailed", 3)
     sent: list[str] = []
     real = tokens.ptb_tokenize
     monkeypatch.setattr(tokens, "ptb_tokenize", lambda texts: sent.extend(texts) or real(texts))

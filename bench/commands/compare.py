@@ -28,19 +28,50 @@ def _suffixed(path: Path | None, dataset: str, several: bool) -> Path | None:
     return path.with_name(f"{path.stem}-{dataset}{path.suffix}")
 
 
+RUN_WIDTH = 32  # the Run column folds beyond this; every other column is sized to its cells
+
+
+def _fit_leaderboard(board, width: int) -> tuple[list[str], list[list[str]], str]:  # noqa: ANN001 - DataFrame
+    """The columns and cells of the leaderboard that fit `width`, and a note on what was left
+    out: first the intervals go, then the p-value columns, then metrics from the right (the
+    metric table's order), keeping # and Run and the first metric."""
+    columns = [str(c) for c in board.columns]
+    rows = [[str(v) for v in row] for row in board.itertuples(index=False)]
+    values = [[c.split(" [")[0] for c in row] for row in rows]
+
+    def fits(cols: list[int], cells: list[list[str]]) -> bool:
+        widths = [max([len(columns[k])] + [len(r[k]) for r in cells]) for k in cols]
+        widths = [min(w, RUN_WIDTH) if columns[k] == "Run" else w for w, k in zip(widths, cols)]
+        return sum(widths) + 3 * len(cols) + 1 <= width
+
+    every = list(range(len(columns)))
+    if fits(every, rows):
+        return columns, rows, ""
+    p_cols = [k for k, c in enumerate(columns) if c.startswith(("p ", "Holm p "))]
+    keep = [k for k in every if k not in p_cols]
+    left_out = "95% CIs"
+    if fits(every, values):
+        keep, left_out = every, "95% CIs"
+    else:
+        left_out = "95% CIs, p-values" if p_cols else "95% CIs"
+        dropped: list[str] = []
+        while len(keep) > 3 and not fits(keep, values):
+            dropped.insert(0, columns[keep.pop()])
+        if dropped:
+            left_out += ", " + ", ".join(dropped)
+    return [columns[k] for k in keep], [[row[k] for k in keep] for row in values], left_out
+
+
 def _leaderboard_table(s, console: Console) -> RichTable:  # noqa: ANN001 - SectionSummary
-    """The leaderboard with "value [lo, hi]" cells when the terminal is wide enough, else values
-    only (the intervals are always in the report)."""
+    """The leaderboard as wide as the terminal allows (see _fit_leaderboard); everything left out
+    is in the report."""
     board = s.leaderboard.drop(columns=["Kind"])  # the report has it; the terminal is narrow
-    cells = [[str(v) for v in row] for row in board.itertuples(index=False)]
-    widths = [max([len(str(c))] + [len(r[k]) for r in cells]) for k, c in enumerate(board.columns)]
-    with_ci = sum(widths) + 3 * len(widths) + 1 <= console.width
-    if not with_ci:
-        cells = [[c.split(" [")[0] for c in row] for row in cells]
-    note = "" if with_ci else "; 95% CIs in the report"
+    columns, cells, left_out = _fit_leaderboard(board, console.width)
+    note = f"; {left_out} in the report" if left_out else ""
     table = RichTable(title=f"{s.title} (baseline {s.baseline}{note})", title_justify="left")
-    for col in board.columns:
-        table.add_column(str(col), justify="left" if col == "Run" else "right", overflow="fold")
+    for col in columns:
+        wide = {"max_width": RUN_WIDTH} if col == "Run" else {"no_wrap": True}
+        table.add_column(col, justify="left" if col == "Run" else "right", overflow="fold", **wide)
     for row in cells:
         table.add_row(*[escape(c) for c in row])
     return table

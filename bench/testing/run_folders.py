@@ -110,6 +110,31 @@ def magic_run(runs_root: Path, system: str, data_dir: Path, *, limit: int | None
     )
 
 
+TOY_WORDS = "a dog cat man woman runs sits on the grass red ball street two people near water".split()
+
+
+def toy_run(runs_root: Path, setting: str, seed: int, *, kind: str = "zero-shot", n_images: int = 30) -> Path:
+    """A small finished run with no shared data: seeded sentences of a 16-word vocabulary (the
+    same references for every seed, captions of its own, one repeating caption on im03), image
+    paths under ${BENCH_SHARED_DATA}/photos/, seeded ROUGE-L and CLIPScore, a loss curve for LoRA."""
+    import random
+
+    def sentence(rng: random.Random) -> str:
+        return " ".join(rng.choice(TOY_WORDS) for _ in range(rng.randint(3, 9))) + "."
+
+    refs_rng, rng = random.Random(0), random.Random(seed)
+    samples = [{"image_id": f"im{k:02d}", "path": "${BENCH_SHARED_DATA}/photos/" + f"im{k:02d}.jpg",
+                "refs": [sentence(refs_rng) for _ in range(5)]} for k in range(n_images)]
+    captions = {s["image_id"]: sentence(rng) for s in samples}
+    captions["im03"] = "a dog a dog a dog on the grass"  # repeats: a degenerate caption
+    per_image = {s["image_id"]: {"ROUGE-L": rng.random(), "CLIPScore": rng.random()} for s in samples}
+    corpus = {m: sum(v[m] for v in per_image.values()) / n_images for m in ("ROUGE-L", "CLIPScore")}
+    loss = [{"step": 1.0, "loss": 2.0}, {"step": 2.0, "loss": 1.5}] if kind == "lora" else None
+    return write_run(runs_root, setting=setting, backend="vlm" if kind == "zero-shot" else "vit-gpt2", kind=kind,
+                     dataset="toy", fingerprint="toy-split", samples=samples, captions=captions, corpus=corpus,
+                     per_image=per_image, prompt="brief" if kind == "zero-shot" else None, loss_rows=loss)
+
+
 def flickr8k_samples(data_dir: Path, n_images: int) -> list[dict[str, Any]]:
     """The first n Flickr8k-1k images with their 5 references, in captions.txt order."""
     import pandas as pd
