@@ -111,9 +111,10 @@ class SectionKernel:
         num = run.clip.matmul(w2)  # (R, b)
         cnorm = np.sqrt(run.cand_sq.matmul(w2))  # (N*4, b)
         ref, order = run.rows // _N, run.rows % _N
-        den = cnorm[t.img_of_ref[ref] * _N + order] * root_norms[positions]
-        nonzero = den != 0
-        val = np.where(nonzero, num / np.where(nonzero, den, 1.0), num)
+        den = cnorm[t.img_of_ref[ref] * _N + order]
+        den *= root_norms[positions]
+        # In place: num / den where den != 0, num where it is 0 (the dense kernel's np.where).
+        val = np.divide(num, den, out=num, where=den != 0)
         val *= run.penalty[:, None]
         # reduceat over the same dense (J, b) array as the dense kernel: its sums may be pairwise.
         per_image = np.add.reduceat(run.per_ref.matmul(val), self.starts, axis=0) / _N
