@@ -144,9 +144,13 @@ def test_reference_tables_read_back_give_the_same_bits(runs_root, tmp_path):
     store.ref_tables(refs)  # built and written
     read = store.ref_tables(refs)  # read back
     assert read.gram_id == built.gram_id and list(read.gram_id) == list(built.gram_id)
-    for name, value in built.to_arrays().items():
-        got = read.to_arrays()[name]
-        assert got.dtype == value.dtype and np.array_equal(got, value), name
+    for name in RefTables._ARRAYS + ("entry_key",):
+        got, want = getattr(read, name), getattr(built, name)
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
+    for name in ("df_matrix", "ref_sq"):
+        got, want = getattr(read, name).matrix, getattr(built, name).matrix
+        assert got.data.dtype == want.data.dtype == np.float64 and (got != want).nnz == 0, name
+    assert (read.n_images, read.n_multi) == (built.n_images, built.n_multi)
     a, b = cand_tables(built, runs[0].tokens.captions), cand_tables(read, runs[0].tokens.captions)
     w2 = np.random.default_rng(0).random((built.n_cols, 3))
     assert np.array_equal(a.clip_sq.matmul(w2), b.clip_sq.matmul(w2))
@@ -196,3 +200,15 @@ def test_bench_compare_imports_neither_torch_nor_scipy_stats(runs_root, tmp_path
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (tmp_path / "r.md").is_file()
     assert json.loads(loaded.read_text()) == []
+
+
+def test_progress_counts_the_runs_read_and_the_runs_tokenized(runs_root, tmp_path):
+    cache = tmp_path / "cache" / FOLDER
+    calls: list[tuple[str, int, int, str]] = []
+    load_runs(runs_root, cache=cache, progress=lambda *a: calls.append(a))
+    assert calls == [("read runs", 1, 2, "brief/vlm"), ("read runs", 2, 2, "lora_r8/vit-gpt2"),
+                     ("PTB-tokenize 2 runs", 0, 2, ""), ("PTB-tokenize 2 runs", 1, 2, "brief/vlm"),
+                     ("PTB-tokenize 2 runs", 2, 2, "lora_r8/vit-gpt2")]
+    calls.clear()
+    load_runs(runs_root, cache=cache, progress=lambda *a: calls.append(a))
+    assert [c[0] for c in calls] == ["read runs", "read runs"]  # nothing to tokenize

@@ -299,12 +299,13 @@ def build_report(
 ) -> ReportResult:
     """Write the comparison report of the finished runs under runs_root (see module doc).
 
-    `progress(section_label, done, total, run)` is called while bootstrapping `run`. With
+    `progress(label, done, total, run)` is called while reading and tokenizing the runs and while
+    bootstrapping `run` (one label per section). With
     `cache`, what the bootstrap computed per run is kept in (and read from) .cache/compare/.
     `judge` (a bench.judge.JudgeSpec) adds the judge metric; off by default.
     """
     cache_folder = cache_dir() / COMPUTE_CACHE if cache else None
-    runs = _selected_runs(Path(runs_root), dataset, runs_glob, baseline, n_boot, cache_folder)
+    runs = _selected_runs(Path(runs_root), dataset, runs_glob, baseline, n_boot, cache_folder, progress)
     judged_data, judge_notes = judged.with_judge_scores([r.data for r in runs], judge)
     runs = [with_data(r, d) for r, d in zip(runs, judged_data)]
     groups, mismatch = group_runs(runs)
@@ -338,12 +339,12 @@ def build_report(
 
 def _selected_runs(
     runs_root: Path, dataset: str | None, runs_glob: str | None, baseline: str | None, n_boot: int,
-    cache: Path | None,
+    cache: Path | None, progress: Callable[[str, int, int, str], None] | None,
 ) -> list[LoadedRun]:
     """The finished runs the report covers; bad options are one-line errors before any work."""
     if n_boot < 1:
         raise BenchError(f"--resamples must be >= 1, got {n_boot}")
-    runs = load_runs(runs_root, dataset=dataset, runs_glob=runs_glob, cache=cache)
+    runs = load_runs(runs_root, dataset=dataset, runs_glob=runs_glob, cache=cache, progress=progress)
     if not runs:
         filters = "".join([f" on dataset {dataset!r}" if dataset else "", f" matching {runs_glob!r}" if runs_glob else ""])
         raise BenchError(f"{runs_root}: no finished runs{filters} (a run is finished when its results.json exists)")

@@ -127,17 +127,19 @@ class RefTables:
 
     _ARRAYS = ("n_refs", "img_of_ref", "ref_len", "gram_col", "gram_order", "entry_ref", "entry_gram", "entry_count",
                "maxc_key", "maxc", "reflens")
+    _FLOAT = {"n_refs": np.float64, "ref_len": np.float64}  # integer-valued floats; the rest are int64
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Every field as a numpy array (the n-grams as UTF-8 lines of space-separated words:
-        PTB tokens hold no whitespace), for an npz file."""
-        out = {name: getattr(self, name) for name in self._ARRAYS}
+        """Every field as a numpy array, integers in the smallest integer type that holds them
+        (from_arrays gives the original types back), the n-grams as UTF-8 lines of space-separated
+        words (PTB tokens hold no whitespace): for an npz file."""
+        out = {name: _small(getattr(self, name)) for name in self._ARRAYS}
         out["sizes"] = np.asarray([self.n_images, self.n_multi], dtype=np.int64)
         text = "\n".join(" ".join(g) for g in self.gram_id).encode("utf-8")
         out["grams"] = np.frombuffer(text, dtype=np.uint8)
         for name in ("df_matrix", "ref_sq"):
             m = getattr(self, name).matrix
-            out.update({f"{name}.data": m.data, f"{name}.indices": m.indices, f"{name}.indptr": m.indptr,
+            out.update({f"{name}.data": _small(m.data), f"{name}.indices": m.indices, f"{name}.indptr": m.indptr,
                         f"{name}.shape": np.asarray(m.shape, dtype=np.int64)})
         return out
 
@@ -149,15 +151,28 @@ class RefTables:
         matrices = {}
         for name in ("df_matrix", "ref_sq"):
             shape = tuple(int(x) for x in arrays[f"{name}.shape"])
-            matrix = scipy.sparse.csr_matrix(
-                (arrays[f"{name}.data"], arrays[f"{name}.indices"], arrays[f"{name}.indptr"]), shape=shape)
+            data = arrays[f"{name}.data"].astype(np.float64)  # squared counts and ones: exact integers
+            matrix = scipy.sparse.csr_matrix((data, arrays[f"{name}.indices"], arrays[f"{name}.indptr"]), shape=shape)
             matrices[name] = _Csr(matrix, shape)  # type: ignore[arg-type]
         n_images, n_multi = (int(x) for x in arrays["sizes"])
         tables = cls(n_images=n_images, n_multi=n_multi, gram_id={g: k for k, g in enumerate(grams)},
-                     **{name: arrays[name] for name in cls._ARRAYS}, **matrices)
+                     **{name: arrays[name].astype(cls._FLOAT.get(name, np.int64)) for name in cls._ARRAYS},
+                     **matrices)
         if len(tables.gram_id) != len(tables.gram_col) or len(tables.n_refs) != n_images:
             raise ValueError("reference tables of another shape")
         return tables
+
+
+def _small(values: np.ndarray) -> np.ndarray:
+    """Integer values (ints, or floats that are whole numbers) in the smallest signed integer
+    type that holds them exactly: the cached tables take a third of the disk; anything else as is."""
+    if values.size == 0 or (values.dtype.kind == "f" and not np.array_equal(values, np.round(values))):
+        return values
+    lo, hi = values.min(), values.max()
+    for kind in (np.int8, np.int16, np.int32, np.int64):
+        if np.iinfo(kind).min <= lo and hi <= np.iinfo(kind).max:
+            return values.astype(kind)
+    return values
 
 
 _PAD = 10**9  # a reference length no caption is closest to

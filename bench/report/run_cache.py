@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -62,28 +63,41 @@ def derive(data: RunData, tokens: RunTokens) -> LoadedRun:
 
 
 def load_runs(
-    runs_root: Path, *, dataset: str | None = None, runs_glob: str | None = None, cache: Path | None = None
+    runs_root: Path,
+    *,
+    dataset: str | None = None,
+    runs_glob: str | None = None,
+    cache: Path | None = None,
+    progress: Callable[[str, int, int, str], None] | None = None,
 ) -> list[LoadedRun]:
     """Every finished run of bench.report.load.select_runs(), sorted by run name: unchanged runs
-    from `cache`, the others read, tokenized together (one JVM) and, with `cache`, kept."""
+    from `cache`, the others read, tokenized together (one JVM) and, with `cache`, kept.
+    `progress(label, done, total, run)` is called after each run read and around the tokenizer."""
     chosen = select_runs(runs_root, dataset=dataset, runs_glob=runs_glob)
     check_unique(chosen)
     store = _Store(cache)
     loaded: list[LoadedRun] = []
     todo: list[tuple[RunData, str]] = []
-    for folder, results in chosen:
+    for k, (folder, results) in enumerate(chosen):
         key = store.run_key(folder)
         hit = store.get(folder, key)
         if hit is not None:
             loaded.append(hit)
         else:
             todo.append((load_run(folder, results), key))
+        if progress is not None:
+            progress("read runs", k + 1, len(chosen), str(results["run"]))
     if todo:
+        label = f"PTB-tokenize {len(todo)} run{'s' if len(todo) > 1 else ''}"
+        if progress is not None:
+            progress(label, 0, len(todo), "")
         tokens = tokenize_runs([data for data, _ in todo], known=[(r.data, r.tokens) for r in loaded])
-        for data, key in todo:
+        for k, (data, key) in enumerate(todo):
             run = derive(data, tokens[data.run])
             store.put(key, run)
             loaded.append(run)
+            if progress is not None:
+                progress(label, k + 1, len(todo), data.run)
     return sorted(loaded, key=lambda r: r.name)
 
 
