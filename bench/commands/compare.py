@@ -47,19 +47,15 @@ def _fit_leaderboard(board, width: int) -> tuple[list[str], list[list[str]], str
     every = list(range(len(columns)))
     if fits(every, rows):
         return columns, rows, ""
+    if fits(every, values):
+        return columns, values, "95% CIs"
     p_cols = [k for k, c in enumerate(columns) if c.startswith(("p ", "Holm p "))]
     keep = [k for k in every if k not in p_cols]
-    left_out = "95% CIs"
-    if fits(every, values):
-        keep, left_out = every, "95% CIs"
-    else:
-        left_out = "95% CIs, p-values" if p_cols else "95% CIs"
-        dropped: list[str] = []
-        while len(keep) > 3 and not fits(keep, values):
-            dropped.insert(0, columns[keep.pop()])
-        if dropped:
-            left_out += ", " + ", ".join(dropped)
-    return [columns[k] for k in keep], [[row[k] for k in keep] for row in values], left_out
+    left_out = ["95% CIs"] + (["p-values"] if p_cols else [])
+    dropped: list[str] = []
+    while len(keep) > 3 and not fits(keep, values):
+        dropped.insert(0, columns[keep.pop()])
+    return [columns[k] for k in keep], [[row[k] for k in keep] for row in values], ", ".join(left_out + dropped)
 
 
 def _leaderboard_table(s, console: Console) -> RichTable:  # noqa: ANN001 - SectionSummary

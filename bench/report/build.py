@@ -300,8 +300,9 @@ def build_report(
     """Write the comparison report of the finished runs under runs_root (see module doc).
 
     `progress(label, done, total, run)` is called while reading and tokenizing the runs and while
-    bootstrapping `run` (one label per section). With
-    `cache`, what the bootstrap computed per run is kept in (and read from) .cache/compare/.
+    bootstrapping `run` (one label per section). With `cache`, what was read and computed per
+    run and per section is kept in (and read from) .cache/compare/ (bench.report.run_cache,
+    bench.report.compute_cache).
     `judge` (a bench.judge.JudgeSpec) adds the judge metric; off by default.
     """
     cache_folder = cache_dir() / COMPUTE_CACHE if cache else None
