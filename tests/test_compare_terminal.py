@@ -60,3 +60,21 @@ def test_bench_compare_output_fits_the_terminal(tmp_path, width):
         assert "CIDEr" in header and "p CIDEr" not in header and "in the report" in proc.stdout
     else:
         assert "Holm p CIDEr" in header
+
+
+def test_bench_compare_says_how_many_runs_came_from_the_cache(tmp_path):
+    runs = tmp_path / "runs"
+    toy_run(runs, "brief", 1)
+    toy_run(runs, "detailed", 2)
+    env = {**os.environ, "BENCH_RUNS": str(runs), "BENCH_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO),
+           "BENCH_SHARED_DATA": str(tmp_path)}
+
+    def compare() -> str:
+        proc = subprocess.run([sys.executable, "-m", "bench", "compare", "--out", str(tmp_path / "r.md"),
+                               "--resamples", "20"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.replace("\n", "")
+
+    assert "unchanged since an earlier compare" not in compare()
+    toy_run(runs, "lora_r8", 3, kind="lora")
+    assert f"2 of 3 runs unchanged since an earlier compare, read from {tmp_path / 'cache' / 'compare'}" in compare()

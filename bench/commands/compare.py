@@ -19,7 +19,7 @@ from rich.table import Column
 from rich.table import Table as RichTable
 
 from bench.errors import BenchError
-from bench.paths import project_dir, runs_dir
+from bench.paths import cache_dir, project_dir, runs_dir
 
 
 def _suffixed(path: Path | None, dataset: str, several: bool) -> Path | None:
@@ -80,6 +80,12 @@ def _print_result(console: Console, result) -> None:  # noqa: ANN001 - ReportRes
             console.print(escape(line), highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    if result.runs_cached:
+        from bench.report.compute_cache import FOLDER
+
+        # Why a re-compare is fast: unchanged runs come from the cache (bench.report.run_cache).
+        console.print(f"{result.runs_cached} of {result.runs_total} runs unchanged since an earlier compare, read "
+                      f"from {cache_dir() / FOLDER}", highlight=False, soft_wrap=True)
     console.print(f"report: {result.markdown}", highlight=False, soft_wrap=True)
     console.print(f"explorer: {result.html}", highlight=False, soft_wrap=True)
     for extra in (result.csv, result.json):

@@ -66,6 +66,8 @@ class ReportResult:
     figures: tuple[Path, ...]
     sections: tuple[SectionSummary, ...]
     notes: tuple[str, ...]
+    runs_cached: int = 0  # runs read from .cache/compare rather than from their folders
+    runs_total: int = 0
 
 
 def _rel(target: Path, start: Path) -> str:
@@ -335,7 +337,8 @@ def build_report(
         atomic_write_text(csv, buf.getvalue())
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    return ReportResult(out, page, csv, json_out, tuple(w.path for w in written), tuple(summaries), notes)
+    return ReportResult(out, page, csv, json_out, tuple(w.path for w in written), tuple(summaries), notes,
+                        sum(r.cached for r in runs), len(runs))
 
 
 def _selected_runs(

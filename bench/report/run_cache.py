@@ -23,7 +23,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class LoadedRun:
     tokens: RunTokens  # aligned with data.image_ids
     degeneration: Degeneration
     repetitive: tuple[bool, ...]  # per caption (data.image_ids order): diagnostics.is_degenerate
+    cached: bool = field(default=False, compare=False)  # read from the cache, not from its folder
 
     @property
     def name(self) -> str:
@@ -174,7 +175,8 @@ class _Store:
             return None
         if not len(captions) == len(tokens) == len(ids):
             return None
-        return LoadedRun(data, RunTokens(tokens, ref_tokens), stats, tuple(k in repeats for k in range(len(ids))))
+        return LoadedRun(data, RunTokens(tokens, ref_tokens), stats, tuple(k in repeats for k in range(len(ids))),
+                         cached=True)
 
     def put(self, key: str, run: LoadedRun) -> None:
         if self.folder is None:
