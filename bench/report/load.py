@@ -17,7 +17,11 @@ from typing import Any
 from bench.errors import BenchError
 from bench.io import read_records
 from bench.paths import expand, project_dir
-from bench.run.folder import SPLIT, RunFolder
+from bench.run.folder import METRICS, PREDICTIONS, RESULTS, SPLIT, RunFolder
+
+# The members load_run reads: a run whose bytes of these are unchanged reads the same
+# (bench.report.run_cache keys its entries on them).
+MEMBERS_READ = (RESULTS, SPLIT, PREDICTIONS, METRICS)
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,8 @@ class RunData:
         return hashlib.sha256("\n".join(self.image_ids).encode()).hexdigest()[:12]
 
 
-def _image_path(raw: Any) -> Path | None:
+def image_path(raw: Any) -> Path | None:
+    """A split.json image path on this machine (${BENCH_SHARED_DATA} expanded, relative to the project)."""
     if not isinstance(raw, str) or not raw:
         return None
     p = Path(expand(raw))
@@ -101,7 +106,7 @@ def load_run(folder: Path, results: dict[str, Any] | None = None) -> RunData:
         dataset=record.dataset,
         fingerprint=record.fingerprint,
         image_ids=tuple(ids),
-        image_paths=tuple(_image_path(s.path) for s in split.samples),
+        image_paths=tuple(image_path(s.path) for s in split.samples),
         refs=tuple(s.refs for s in split.samples),
         captions=tuple(captions[i] for i in ids),
         metrics=metrics,

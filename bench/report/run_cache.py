@@ -31,12 +31,11 @@ from bench.errors import BenchError
 from bench.io import atomic_write_text
 from bench.report import diagnostics
 from bench.report.diagnostics import Degeneration, degeneration, is_degenerate, recorded_count
-from bench.report.load import RunData, _image_path, check_unique, load_run, select_runs
+from bench.report.load import MEMBERS_READ, RunData, check_unique, image_path, load_run, select_runs
 from bench.report.tokens import TOKENS_VERSION, RunTokens, tokenize_runs
-from bench.run.folder import METRICS, PREDICTIONS, RESULTS, SPLIT, RunFolder
+from bench.run.folder import SPLIT, RunFolder
 
 VERSION = 1  # of the entries' layout: bump when it changes
-READ = (RESULTS, SPLIT, PREDICTIONS, METRICS)  # the members load_run reads
 _FIELDS = ("run", "kind", "setting", "backend", "prompt", "prompt_text", "model", "image_mode", "dataset",
            "fingerprint")
 
@@ -113,7 +112,7 @@ class _Store:
         if self.folder is None:
             return ""
         versions = f"{VERSION}/{TOKENS_VERSION}/{diagnostics.VERSION}"
-        return hashlib.sha256(f"{versions}/{RunFolder(folder).digest(READ)}".encode()).hexdigest()
+        return hashlib.sha256(f"{versions}/{RunFolder(folder).digest(MEMBERS_READ)}".encode()).hexdigest()
 
     def _split_key(self, folder: Path) -> str:
         return hashlib.sha256(f"{VERSION}/{TOKENS_VERSION}/{RunFolder(folder).digest((SPLIT,))}".encode()).hexdigest()
@@ -137,7 +136,7 @@ class _Store:
         if key not in self._splits:
             obj = self._read("splits", key)
             try:
-                ids, paths = tuple(obj["ids"]), tuple(_image_path(p) for p in obj["paths"])
+                ids, paths = tuple(obj["ids"]), tuple(image_path(p) for p in obj["paths"])
                 refs = tuple(tuple(r) for r in obj["refs"])
                 ref_tokens = tuple(tuple(r) for r in obj["ref_tokens"])
             except (KeyError, TypeError):
